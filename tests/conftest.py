@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from router_ml.config import PROJECT_ROOT
+from router_ml.data.report import ImportReport
+from router_ml.data.sources import DataFiles, fetch, load_manifest
+
+import mini_mirror
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def _real_mirror() -> Path | None:
+    candidates = [os.environ.get("ROUTER_ML_DATA_MIRROR"), PROJECT_ROOT.parent / "shared" / "datasets"]
+    for candidate in candidates:
+        if candidate and (Path(candidate) / "routellm").is_dir():
+            return Path(candidate)
+    return None
+
+
+REAL_MIRROR = _real_mirror()
+MANIFEST = PROJECT_ROOT / "datasets" / "manifest.tsv"
+needs_mirror = pytest.mark.skipif(REAL_MIRROR is None, reason="no public datasets mirror (set ROUTER_ML_DATA_MIRROR)")
+
+
+@pytest.fixture(scope="session")
+def real_files(tmp_path_factory) -> DataFiles:
+    if REAL_MIRROR is None:
+        pytest.skip("no public datasets mirror (set ROUTER_ML_DATA_MIRROR)")
+    return fetch(load_manifest(MANIFEST), tmp_path_factory.mktemp("real-cache"), mirror=REAL_MIRROR)
+
+
+@pytest.fixture(scope="session")
+def mini(tmp_path_factory) -> tuple[Path, Path]:
+    """(manifest, mirror) of small fixtures cut from the real files."""
+    if REAL_MIRROR is None:
+        pytest.skip("no public datasets mirror (set ROUTER_ML_DATA_MIRROR)")
+    out = tmp_path_factory.mktemp("mini")
+    manifest = mini_mirror.build(REAL_MIRROR, MANIFEST, out)
+    return manifest, out / "mirror"
+
+
+@pytest.fixture(scope="session")
+def mini_files(mini, tmp_path_factory) -> DataFiles:
+    manifest, mirror = mini
+    return fetch(load_manifest(manifest), tmp_path_factory.mktemp("mini-cache"), mirror=mirror)
+
+
+@pytest.fixture
+def report() -> ImportReport:
+    return ImportReport()
