@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -25,6 +26,24 @@ MirrorOption = Annotated[
 ]
 
 
+def _clear_errors(command):
+    """Known data errors end the command with their message (which names the file or field), not a traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        from router_ml.data.schema import SchemaError
+        from router_ml.data.sources import ChecksumError, ManifestError, MissingFileError
+        from router_ml.pricing import UnknownModelError
+
+        try:
+            return command(*args, **kwargs)
+        except (ChecksumError, ManifestError, MissingFileError, SchemaError, UnknownModelError, ValueError) as exc:
+            console.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(code=1) from exc
+
+    return wrapper
+
+
 def _progress() -> Progress:
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                     console=console)
@@ -44,6 +63,7 @@ def _fetch(mirror: Path | None):
 
 
 @datasets_app.command("fetch")
+@_clear_errors
 def datasets_fetch(mirror: MirrorOption = None) -> None:
     """Download the pinned files (or verify a mirror) and check every checksum."""
     files, entries, mirror = _fetch(mirror)
@@ -52,6 +72,7 @@ def datasets_fetch(mirror: MirrorOption = None) -> None:
 
 
 @datasets_app.command("prepare")
+@_clear_errors
 def datasets_prepare(
     mirror: MirrorOption = None,
     out: Annotated[Optional[Path], typer.Option(help="Parquet file to write (default: $ROUTER_ML_OUTCOMES_PATH).")] = None,
@@ -88,6 +109,7 @@ def datasets_prepare(
 
 
 @datasets_app.command("zeroeval-check")
+@_clear_errors
 def datasets_zeroeval_check(mirror: MirrorOption = None) -> None:
     """Recompute ZeroEval accuracies from the output texts and compare with the published figures."""
     from router_ml.data.importers import zeroeval

@@ -1,0 +1,57 @@
+"""Normalization, group ids and near-duplicates on real cross-source copies."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import polars as pl
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from router_ml.data.dedup import dedup_view, group_ids, normalize_text, similar_pairs
+from router_ml.embed import EmbeddingCache, MiniLMEncoder
+
+
+@given(st.text())
+def test_normalized_text_normalizes_to_itself(text):
+    once = normalize_text(text)
+    assert normalize_text(once) == once
+
+
+@given(st.lists(st.text(min_size=1, max_size=30), min_size=1, max_size=25), st.randoms())
+def test_group_ids_do_not_depend_on_order(prompts, rnd):
+    first = dict(group_ids(prompts, encoder=None).iter_rows())
+    shuffled = list(prompts)
+    rnd.shuffle(shuffled)
+    second = dict(group_ids(shuffled, encoder=None).iter_rows())
+    assert first == second
+
+
+@given(st.lists(st.text(min_size=1, max_size=30), min_size=2, max_size=25))
+def test_group_ids_do_not_depend_on_other_prompts(prompts):
+    """Adding unrelated prompts never changes the id of an existing exact-duplicate group."""
+    alone = dict(group_ids(prompts[:1], encoder=None).iter_rows())
+    together = dict(group_ids(prompts, encoder=None).iter_rows())
+    if all(normalize_text(p) != normalize_text(prompts[0]) for p in prompts[1:]):
+        assert together[prompts[0]] == alone[prompts[0]]
+
+
+def test_exact_duplicates_after_normalization_share_a_group():
+    groups = dict(group_ids(["What is  2+2?", "what is 2+2?\n", "What is 3+3?"], encoder=None).iter_rows())
+    assert groups["What is  2+2?"] == groups["what is 2+2?\n"] != groups["What is 3+3?"]
+
+
+def test_dedup_view_keeps_the_tail_past_a_shared_preamble():
+    preamble = "answer with the letter of the correct choice. " * 40
+    a, b = normalize_text(preamble + "which gas do plants absorb?"), normalize_text(preamble + "what is 7 times 8?")
+    assert dedup_view(a) != dedup_view(b)
+
+
+def test_similar_pairs_finds_pairs_above_threshold():
+    import numpy as np
+
+    vectors = np.array([[1.0, 0.0], [0.999, 0.0447], [0.0, 1.0]], dtype=np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    assert similar_pairs(vectors, 0.95, block=1).tolist() == [[0, 1]]
