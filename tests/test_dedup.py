@@ -10,7 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from router_ml.data.dedup import dedup_view, group_ids, normalize_text, similar_pairs
+from router_ml.data.dedup import boilerplate_lines, dedup_view, group_ids, normalize_text, similar_pairs
+from router_ml.data.importers import routerbench
 from router_ml.embed import EmbeddingCache, MiniLMEncoder
 
 
@@ -43,10 +44,17 @@ def test_exact_duplicates_after_normalization_share_a_group():
     assert groups["What is  2+2?"] == groups["what is 2+2?\n"] != groups["What is 3+3?"]
 
 
-def test_dedup_view_keeps_the_tail_past_a_shared_preamble():
-    preamble = "answer with the letter of the correct choice. " * 40
-    a, b = normalize_text(preamble + "which gas do plants absorb?"), normalize_text(preamble + "what is 7 times 8?")
-    assert dedup_view(a) != dedup_view(b)
+def test_dedup_view_drops_the_shared_few_shot_preamble(mini_files, report):
+    """RouterBench's ARC prompts share ~1,500 characters of few-shot examples; the view keeps the question."""
+    prompts = routerbench.load(mini_files, report).filter(pl.col("task") == "arc-challenge")["prompt"].unique().to_list()
+    assert all(p.startswith("George wants to warm his hands") for p in prompts)  # the shared first example
+    boilerplate = boilerplate_lines(prompts, min_prompts=5)
+    views = [dedup_view(p, boilerplate) for p in prompts]
+    assert len(set(views)) == len(prompts)
+    assert not any("george wants to warm his hands" in v for v in views)
+    for prompt, view in zip(prompts, views):
+        question = prompt.rsplit("\n\n", 1)[-1].splitlines()[0]
+        assert normalize_text(question) in view
 
 
 def test_similar_pairs_finds_pairs_above_threshold():

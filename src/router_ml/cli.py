@@ -80,8 +80,8 @@ def datasets_prepare(
 ) -> None:
     """Build the outcomes table from all sources and print the per-source summary."""
     from router_ml.data.importers import zeroeval
-    from router_ml.data.prepare import Progress as Callbacks
     from router_ml.data.prepare import prepare
+    from router_ml.progress import Progress as Callbacks
     from router_ml.data.report import ImportReport
     from router_ml.embed import EmbeddingCache, MiniLMEncoder
 
