@@ -63,3 +63,50 @@ def test_similar_pairs_finds_pairs_above_threshold():
     vectors = np.array([[1.0, 0.0], [0.999, 0.0447], [0.0, 1.0]], dtype=np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     assert similar_pairs(vectors, 0.95, block=1).tolist() == [[0, 1]]
+
+
+@pytest.fixture(scope="module")
+def real_prompts(real_files):
+    from router_ml.data.importers import llmrouter, mmlu_pro, routellm
+    from router_ml.data.report import ImportReport
+
+    report = ImportReport()
+    frames = [routellm.load(real_files, report), llmrouter.load(real_files, report)]
+    return pl.concat(frames).select("prompt", "source", "task").unique(), mmlu_pro
+
+
+def _find(frame: pl.DataFrame, source: str, start: str) -> str:
+    found = frame.filter((pl.col("source") == source) & pl.col("prompt").str.starts_with(start))["prompt"].unique()
+    assert found.len() == 1, (source, start, found.to_list())
+    return found[0]
+
+
+def test_real_cross_source_near_duplicates_share_a_group(real_prompts, real_files):
+    """Real copies that differ in options or instructions: MMLU in MMLU-Pro, GSM8K in LLMRouter's MGSM task."""
+    frame, mmlu_pro = real_prompts
+    from router_ml.data.report import ImportReport
+
+    pro = mmlu_pro._model_rows(real_files, mmlu_pro.PREFIX + "Meta-Llama-3_1-70B-Instruct" + mmlu_pro.SUFFIX,
+                               "Meta-Llama-3_1-70B-Instruct", ImportReport())
+    pro_prompts = [row["prompt"] for row in pro]
+    copies = [
+        (_find(frame, "routellm", "What is the greatest common factor of 42 and 84?"),
+         next(p for p in pro_prompts if p.startswith("What is the greatest common factor of 42 and 84?"))),
+        (_find(frame, "routellm", "Which of these famous baseball figures was once acquitted"),
+         next(p for p in pro_prompts if p.startswith("Which of these famous baseball figures was once acquitted"))),
+        (_find(frame, "routellm", "A basket contains 25 oranges among which 1 is bad"),
+         _find(frame, "llmrouter", "A basket contains 25 oranges among which 1 is bad")),
+    ]
+    # Different questions behind one generic stem must stay apart.
+    generic = frame.filter((pl.col("source") == "routellm")
+                           & pl.col("prompt").str.starts_with("Which of the following statements is false?\n"))
+    distinct = generic["prompt"].unique().sort().head(2).to_list()
+    assert len(distinct) == 2
+    # Enough real neighbours for boilerplate lines (instructions, templates) to be recognised as such.
+    neighbours = [p for task in ("agentverse-mgsm", "mmlu")
+                  for p in frame.filter(pl.col("task") == task)["prompt"].unique().sort().head(150)]
+    prompts = [p for pair in copies for p in pair] + distinct + neighbours + pro_prompts[:200]
+    groups = dict(group_ids(prompts, MiniLMEncoder()).iter_rows())
+    for a, b in copies:
+        assert a != b and groups[a] == groups[b], (a[:80], b[:80])
+    assert groups[distinct[0]] != groups[distinct[1]]
