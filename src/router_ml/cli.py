@@ -122,6 +122,27 @@ def datasets_zeroeval_check(mirror: MirrorOption = None) -> None:
     _print_reproduction_verdict(table)
 
 
+@datasets_app.command("dedup-check")
+@_clear_errors
+def datasets_dedup_check(mirror: MirrorOption = None) -> None:
+    """Score near-duplicate rules on a labeled set: MMLU questions that MMLU-Pro re-asks with other options."""
+    from router_ml.data.dedup_check import check
+    from router_ml.embed import EmbeddingCache, MiniLMEncoder
+    from router_ml.progress import Progress as Callbacks
+
+    files, _, _ = _fetch(mirror)
+    cache = EmbeddingCache(get_settings().cache_dir / "embeddings", MiniLMEncoder.encoder_id)
+    with _progress() as bar:
+        current = {}
+
+        def stage(name: str, total: int | None) -> None:
+            current["task"] = bar.add_task(name, total=total)
+
+        table = check(files, MiniLMEncoder(), cache,
+                      progress=Callbacks(stage=stage, advance=lambda n: bar.advance(current["task"], n)))
+    _print_frame("Near-duplicate rules: MMLU copies in MMLU-Pro found (recall) and wrong joins", table)
+
+
 def _print_frame(title: str, frame: pl.DataFrame, floats: str = "{:.4g}") -> None:
     table = Table(title=title, title_justify="left")
     for name in frame.columns:
