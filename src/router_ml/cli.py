@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -49,6 +50,27 @@ def _progress() -> Progress:
                     console=console)
 
 
+@contextmanager
+def _stages():
+    """Rich progress bars driven by library progress callbacks; a stage's bar completes when the next opens."""
+    from router_ml.progress import Progress as Callbacks
+
+    with _progress() as bar:
+        opened = []
+
+        def finish_last() -> None:
+            if opened:
+                total = bar.tasks[-1].total or 1
+                bar.update(opened[-1], total=total, completed=total)
+
+        def stage(name: str, total: int | None) -> None:
+            finish_last()
+            opened.append(bar.add_task(name, total=total))
+
+        yield Callbacks(stage=stage, advance=lambda n: bar.advance(opened[-1], n))
+        finish_last()
+
+
 def _fetch(mirror: Path | None):
     from router_ml.data.sources import fetch, load_manifest
 
@@ -81,7 +103,6 @@ def datasets_prepare(
     """Build the outcomes table from all sources and print the per-source summary."""
     from router_ml.data.importers import zeroeval
     from router_ml.data.prepare import prepare
-    from router_ml.progress import Progress as Callbacks
     from router_ml.data.report import ImportReport
     from router_ml.embed import EmbeddingCache, MiniLMEncoder
 
@@ -90,17 +111,8 @@ def datasets_prepare(
     report = ImportReport()
     encoder = MiniLMEncoder() if near_duplicates else None
     cache = EmbeddingCache(settings.cache_dir / "embeddings", MiniLMEncoder.encoder_id)
-    with _progress() as bar:
-        current = {}
-
-        def stage(name: str, total: int | None) -> None:
-            if "task" in current:
-                bar.update(current["task"], completed=bar.tasks[-1].total or 1, total=bar.tasks[-1].total or 1)
-            current["task"] = bar.add_task(name, total=total)
-
-        table = prepare(files, report, encoder, cache,
-                        Callbacks(stage=stage, advance=lambda n: bar.advance(current["task"], n)))
-        bar.update(current["task"], completed=bar.tasks[-1].total or 1, total=bar.tasks[-1].total or 1)
+    with _stages() as progress:
+        table = prepare(files, report, encoder, cache, progress)
     out = out or settings.outcomes_path
     out.parent.mkdir(parents=True, exist_ok=True)
     table.write_parquet(out, compression="zstd")
@@ -128,18 +140,11 @@ def datasets_dedup_check(mirror: MirrorOption = None) -> None:
     """Score near-duplicate rules on a labeled set: MMLU questions that MMLU-Pro re-asks with other options."""
     from router_ml.data.dedup_check import check
     from router_ml.embed import EmbeddingCache, MiniLMEncoder
-    from router_ml.progress import Progress as Callbacks
 
     files, _, _ = _fetch(mirror)
     cache = EmbeddingCache(get_settings().cache_dir / "embeddings", MiniLMEncoder.encoder_id)
-    with _progress() as bar:
-        current = {}
-
-        def stage(name: str, total: int | None) -> None:
-            current["task"] = bar.add_task(name, total=total)
-
-        table = check(files, MiniLMEncoder(), cache,
-                      progress=Callbacks(stage=stage, advance=lambda n: bar.advance(current["task"], n)))
+    with _stages() as progress:
+        table = check(files, MiniLMEncoder(), cache, progress=progress)
     _print_frame("Near-duplicate rules: MMLU copies in MMLU-Pro found (recall) and wrong joins", table)
 
 

@@ -111,6 +111,3 @@ def validate(frame: pl.DataFrame) -> None:
                 f"prompt_id={row['prompt_id']}"
             )
 
-
-def empty() -> pl.DataFrame:
-    return pl.DataFrame(schema=SCHEMA)

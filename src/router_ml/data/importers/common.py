@@ -14,25 +14,13 @@ from typing import Any
 
 import polars as pl
 
+from router_ml.data import schema
+
+# Columns set later (group_id by deduplication) or only by the serving log are left out.
+_LATER = {"group_id", "latency_ms", "ts", "tenant"}
 RAW_SCHEMA = pl.Schema(
-    {
-        "prompt_id": pl.String(),
-        "prompt": pl.String(),
-        "messages": pl.String(),
-        "model": pl.String(),
-        "quality": pl.Float64(),
-        "input_tokens": pl.Int64(),
-        "output_tokens": pl.Int64(),
-        "cost_usd": pl.Float64(),
-        "cost_source": pl.String(),
-        "source": pl.String(),
-        "task": pl.String(),
-        "split": pl.String(),
-        "response": pl.String(),
-        "flags": pl.List(pl.String()),
-        "billed_input_text": pl.String(),
-        "billed_output_text": pl.String(),
-    }
+    [(name, dtype) for name, dtype in schema.SCHEMA.items() if name not in _LATER]
+    + [("billed_input_text", pl.String()), ("billed_output_text", pl.String())]
 )
 
 
