@@ -187,3 +187,13 @@ def test_malformed_json_file_is_an_error_naming_it(mini, tmp_path):
     files = _rewrite(mini, tmp_path, "llmrouter", path, lambda c: c[:-10])
     with pytest.raises(ValueError, match="llmrouter/data/dcrouter_preprocessed/test.json"):
         llmrouter.load(files, ImportReport())
+
+
+def test_malformed_jsonl_line_is_a_counted_skip_with_file_and_line(mini, tmp_path):
+    path = "routellm/evals/mt_bench/judgements.jsonl"
+    files = _rewrite(mini, tmp_path, "routellm", path, lambda c: c + b'{"question_id": 81, "model": "x"\n')
+    report = ImportReport()
+    routellm.load(files, report)
+    lines = files.read_bytes("routellm", path).decode().count("\n")
+    assert [(s.file, s.line) for s in report.skips] == [(path, lines)]
+    assert report.skips[0].reason.startswith("malformed judgement")

@@ -10,11 +10,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 import polars as pl
 
 from router_ml.data import schema
+from router_ml.data.report import ImportReport
+from router_ml.data.sources import DataFiles
+
+T = TypeVar("T")
 
 # Columns set later (group_id by deduplication) or only by the serving log are left out.
 _LATER = {"group_id", "latency_ms", "ts", "tenant"}
@@ -42,6 +47,23 @@ def outcome(**values: Any) -> dict[str, Any]:
 
 def frame(rows: list[dict[str, Any]]) -> pl.DataFrame:
     return pl.DataFrame(rows, schema=RAW_SCHEMA)
+
+
+def jsonl_records(
+    files: DataFiles, source: str, path: str, report: ImportReport, fields: Callable[[dict], T], what: str
+) -> Iterator[tuple[int, T]]:
+    """(line number, ``fields(record)``) for each non-blank line; a line that is not JSON or lacks
+    a field is a counted skip naming the file and line."""
+    with files.open_text(source, path) as handle:
+        for line_no, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                value = fields(json.loads(line))
+            except (ValueError, KeyError, TypeError) as exc:
+                report.skip(source, path, line_no, f"malformed {what}: {exc!r}")
+                continue
+            yield line_no, value
 
 
 def messages_json(messages: list[dict[str, str]]) -> str:

@@ -11,7 +11,7 @@ import json
 
 import polars as pl
 
-from router_ml.data.importers.common import frame, outcome, prompt_id
+from router_ml.data.importers.common import frame, jsonl_records, outcome, prompt_id
 from router_ml.data.report import ImportReport
 from router_ml.data.sources import DataFiles
 
@@ -23,16 +23,9 @@ QUERIES = "data/example_data/query_data/default_query_{split}.jsonl"
 def _task_names(files: DataFiles, report: ImportReport) -> dict[str, str]:
     tasks: dict[str, str] = {}
     for split in ("train", "test"):
-        path = QUERIES.format(split=split)
-        with files.open_text(SOURCE, path) as handle:
-            for line_no, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    item = json.loads(line)
-                    tasks.setdefault(item["query"], item["task_name"])
-                except (ValueError, KeyError, TypeError) as exc:
-                    report.skip(SOURCE, path, line_no, f"malformed query: {exc}")
+        for _, (query, task) in jsonl_records(files, SOURCE, QUERIES.format(split=split), report,
+                                              lambda item: (item["query"], item["task_name"]), "query"):
+            tasks.setdefault(query, task)
     return tasks
 
 

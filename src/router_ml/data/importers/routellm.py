@@ -15,7 +15,7 @@ from collections import defaultdict
 
 import polars as pl
 
-from router_ml.data.importers.common import frame, messages_json, outcome, prompt_id
+from router_ml.data.importers.common import frame, jsonl_records, messages_json, outcome, prompt_id
 from router_ml.data.report import ImportReport
 from router_ml.data.sources import DataFiles
 
@@ -101,37 +101,26 @@ _CONVERSATION = re.compile(
 _ASSISTANT_TURN = re.compile(r"### Assistant A:\n(.*?)(?=\n\n### User:\n|\Z)", re.S)
 
 
+def _judgement_fields(item: dict) -> tuple[int, str, int, float, str]:
+    return (int(item["question_id"]), item["model"], int(item["turn"]), float(item["score"]),
+            item.get("user_prompt", ""))
+
+
 def _mt_bench(files: DataFiles, report: ImportReport) -> pl.DataFrame:
     contaminated = _contaminated(files, "mt_bench")
-    questions: dict[int, list[str]] = {}
-    qpath = f"{EVALS}/mt_bench/question.jsonl"
-    with files.open_text(SOURCE, qpath) as handle:
-        for line_no, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                item = json.loads(line)
-                questions[int(item["question_id"])] = list(item["turns"])
-            except (ValueError, KeyError, TypeError) as exc:
-                report.skip(SOURCE, qpath, line_no, f"malformed question: {exc}")
+    questions = dict(q for _, q in jsonl_records(
+        files, SOURCE, f"{EVALS}/mt_bench/question.jsonl", report,
+        lambda item: (int(item["question_id"]), list(item["turns"])), "question"))
 
     # (question, model) -> turn -> (score, answer text of that turn)
     judged: dict[tuple[int, str], dict[int, tuple[float, str | None]]] = defaultdict(dict)
     jpath = f"{EVALS}/mt_bench/judgements.jsonl"
-    with files.open_text(SOURCE, jpath) as handle:
-        for line_no, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                item = json.loads(line)
-                qid, model, turn, score = int(item["question_id"]), item["model"], int(item["turn"]), float(item["score"])
-            except (ValueError, KeyError, TypeError) as exc:
-                report.skip(SOURCE, jpath, line_no, f"malformed judgement: {exc}")
-                continue
-            if not JUDGE_MIN <= score <= JUDGE_MAX:
-                report.skip(SOURCE, jpath, line_no, f"judge score outside 1-10: {score}")
-                continue
-            judged[(qid, model)][turn] = (score, _answer_of_turn(item.get("user_prompt", ""), turn))
+    for line_no, (qid, model, turn, score, judge_prompt) in jsonl_records(
+            files, SOURCE, jpath, report, _judgement_fields, "judgement"):
+        if not JUDGE_MIN <= score <= JUDGE_MAX:
+            report.skip(SOURCE, jpath, line_no, f"judge score outside 1-10: {score}")
+            continue
+        judged[(qid, model)][turn] = (score, _answer_of_turn(judge_prompt, turn))
 
     rows = []
     for (qid, model), turns in sorted(judged.items()):
