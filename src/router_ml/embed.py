@@ -92,8 +92,13 @@ def embed_cached(
     encoder: MiniLMEncoder,
     cache: EmbeddingCache | None,
     progress: Callable[[int], None] | None = None,
+    shard_size: int = 4096,
 ) -> np.ndarray:
-    """Embeddings for ``texts``, computing only those not already in ``cache``."""
+    """Embeddings for ``texts``, computing only those not already in ``cache``.
+
+    New vectors are saved every ``shard_size`` texts, so an interrupted run resumes
+    where it stopped.
+    """
     keys = [text_key(t) for t in texts]
     cached = cache.get(keys) if cache is not None else [None] * len(texts)
     todo = [i for i, v in enumerate(cached) if v is None]
@@ -103,9 +108,10 @@ def embed_cached(
             out[i] = v
     if progress is not None and len(texts) > len(todo):
         progress(len(texts) - len(todo))
-    if todo:
-        fresh = encoder.encode([texts[i] for i in todo], progress=progress)
-        out[todo] = fresh
+    for start in range(0, len(todo), shard_size):
+        chunk = todo[start:start + shard_size]
+        fresh = encoder.encode([texts[i] for i in chunk], progress=progress)
+        out[chunk] = fresh
         if cache is not None:
-            cache.put([keys[i] for i in todo], fresh)
+            cache.put([keys[i] for i in chunk], fresh)
     return out
