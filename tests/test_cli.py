@@ -34,6 +34,8 @@ def test_prepare_builds_the_table_and_prints_every_source(env, tmp_path):
         assert f"{source}: mean quality and cost per model" in result.output
     assert "skipped rows: 1" in result.output  # RouterBench's duplicate sample id
     assert "duplicate sample_id" in result.output
+    skipped = pl.read_csv(tmp_path / "outcomes.skipped.tsv", separator="\t")
+    assert skipped.height == 1 and skipped["source"][0] == "routerbench" and skipped["line"][0] > 0
     # The GSM8K test questions are in routellm and zeroeval: the copies share one group.
     janet = table.filter(pl.col("prompt").str.starts_with("Janet’s ducks lay 16 eggs"))
     assert set(janet["source"]) == {"routellm", "zeroeval"}

@@ -116,8 +116,10 @@ def datasets_prepare(
     out = out or settings.outcomes_path
     out.parent.mkdir(parents=True, exist_ok=True)
     table.write_parquet(out, compression="zstd")
+    skips = out.with_suffix(".skipped.tsv")
+    report.write_skips(skips)
     _print_summary(table, report, zeroeval.reproduction(files, table))
-    console.print(f"\nwrote {table.height:,} outcomes to {out}")
+    console.print(f"\nwrote {table.height:,} outcomes to {out}; every skipped row ({len(report.skips)}) is listed in {skips}")
 
 
 @datasets_app.command("zeroeval-check")

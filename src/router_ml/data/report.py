@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -36,3 +37,11 @@ class ImportReport:
 
     def skips_of(self, source: str) -> list[Skip]:
         return [s for s in self.skips if s.source == source]
+
+    def write_skips(self, path: Path) -> None:
+        """Every skipped row, one per line: source, file, line, reason (TSV)."""
+        with path.open("w", encoding="utf-8") as out:
+            out.write("source\tfile\tline\treason\n")
+            for s in self.skips:
+                reason = s.reason.replace("\t", " ").replace("\n", " ")
+                out.write(f"{s.source}\t{s.file}\t{'' if s.line is None else s.line}\t{reason}\n")
