@@ -1,0 +1,156 @@
+"""Router evaluation metrics: cost-quality hulls, AIQ, PGR/APGR/CPT and savings at a quality target.
+
+Plain numpy functions a notebook can call. Conventions:
+
+- A *curve* is a set of (average cost per call, average quality) operating points,
+  one per setting of a router's cost weight or threshold.
+- The *hull* of a curve is its non-decreasing upper convex hull (RouterBench): the
+  best quality reachable at each budget by mixing operating points at random, never
+  worse for spending more.
+- AIQ (RouterBench) is the area under the hull over a cost range, divided by its
+  width; below the hull's cheapest point the router reaches nothing and counts 0.
+- PGR, APGR and CPT (RouteLLM) describe a two-model router by the share of calls it
+  sends to the strong model.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def _cross(o: np.ndarray, a: np.ndarray, b: np.ndarray) -> float:
+    return float((a[0] - o[0]) * (b[1] - o[1]) - (a[1] - o[1]) * (b[0] - o[0]))
+
+
+def hull(costs, qualities) -> tuple[np.ndarray, np.ndarray]:
+    """The non-decreasing upper convex hull of the points, as (costs, qualities) sorted by cost."""
+    points = np.column_stack([np.asarray(costs, dtype=float), np.asarray(qualities, dtype=float)])
+    if len(points) == 0:
+        raise ValueError("hull of no points")
+    if not np.isfinite(points).all():
+        raise ValueError("costs and qualities must be finite")
+    # Highest quality per cost, sorted by cost then kept only while quality strictly rises.
+    order = np.lexsort((-points[:, 1], points[:, 0]))
+    rising = []
+    for point in points[order]:
+        if not rising or point[1] > rising[-1][1]:
+            rising.append(point)
+    upper: list[np.ndarray] = []
+    for point in rising:
+        while len(upper) >= 2 and _cross(upper[-2], upper[-1], point) >= 0:
+            upper.pop()
+        upper.append(point)
+    result = np.array(upper)
+    return result[:, 0], result[:, 1]
+
+
+def hull_quality(hull_costs: np.ndarray, hull_qualities: np.ndarray, cost) -> np.ndarray:
+    """Quality the hull reaches at each budget: linear between points, flat after the last, 0 before the first."""
+    cost = np.asarray(cost, dtype=float)
+    value = np.interp(cost, hull_costs, hull_qualities)
+    return np.where(cost < hull_costs[0], 0.0, value)
+
+
+def aiq(costs, qualities, cost_range: tuple[float, float]) -> float:
+    """Average quality of the hull over ``cost_range`` (RouterBench's AIQ)."""
+    low, high = cost_range
+    if not high > low:
+        raise ValueError(f"cost_range must have high > low, got {cost_range}")
+    hc, hq = hull(costs, qualities)
+    grid = np.unique(np.concatenate([[low, high], hc[(hc > low) & (hc < high)]]))
+    values = hull_quality(hc, hq, grid)
+    # Exact integral of a piecewise-linear function, with the step at the first hull point.
+    area = 0.0
+    for a, b, va, vb in zip(grid[:-1], grid[1:], values[:-1], values[1:]):
+        if a < hc[0] <= b:
+            area += (b - hc[0]) * (hull_quality(hc, hq, hc[0]) + vb) / 2
+        else:
+            area += (b - a) * (va + vb) / 2
+    return float(area / (high - low))
+
+
+def cost_at_quality(costs, qualities, target: float) -> float:
+    """Lowest average cost at which the hull reaches ``target`` quality (inf when it never does)."""
+    hc, hq = hull(costs, qualities)
+    if hq[-1] < target:
+        return float("inf")
+    if hq[0] >= target:
+        return float(hc[0])
+    i = int(np.searchsorted(hq, target))  # hull qualities rise strictly
+    fraction = (target - hq[i - 1]) / (hq[i] - hq[i - 1])
+    return float(hc[i - 1] + fraction * (hc[i] - hc[i - 1]))
+
+
+def savings_at_quality_share(costs, qualities, best_cost: float, best_quality: float, share: float = 0.95) -> float:
+    """Share of the best single model's cost saved while keeping ``share`` of its quality."""
+    cost = cost_at_quality(costs, qualities, share * best_quality)
+    return float(1.0 - cost / best_cost)
+
+
+def pgr_curve(strong, weak, scores, fractions=None) -> tuple[np.ndarray, np.ndarray]:
+    """PGR at each share of calls sent to the strong model, routing the highest scores first.
+
+    ``strong`` and ``weak`` hold each prompt's quality under the two models; ``scores``
+    the router's preference for the strong model. PGR = (router - weak) / (strong - weak)
+    of the mean qualities.
+    """
+    strong, weak, scores = (np.asarray(x, dtype=float) for x in (strong, weak, scores))
+    if not strong.shape == weak.shape == scores.shape or strong.ndim != 1:
+        raise ValueError("strong, weak and scores must be 1-d and of one length")
+    gap = strong.mean() - weak.mean()
+    if gap <= 0:
+        raise ValueError("the strong model must have the higher mean quality")
+    n = len(strong)
+    fractions = np.linspace(0, 1, 101) if fractions is None else np.asarray(fractions, dtype=float)
+    order = np.argsort(-scores, kind="stable")
+    gains = np.concatenate([[0.0], np.cumsum((strong - weak)[order])])  # gain from the k top prompts
+    counts = np.rint(fractions * n).astype(int)
+    router_quality = weak.mean() + gains[counts] / n
+    return fractions, (router_quality - weak.mean()) / gap
+
+
+def apgr(strong, weak, scores) -> float:
+    """Average PGR over the share of strong calls from 0 to 1 (area under the PGR curve)."""
+    fractions, pgr = pgr_curve(strong, weak, scores)
+    return float(np.trapezoid(pgr, fractions))
+
+
+def cpt(strong, weak, scores, pgr_target: float) -> float:
+    """Smallest share of calls to the strong model at which PGR reaches ``pgr_target``."""
+    n = len(np.asarray(strong))
+    fractions, pgr = pgr_curve(strong, weak, scores, np.arange(n + 1) / n)
+    reached = np.nonzero(pgr >= pgr_target - 1e-12)[0]
+    return float(fractions[reached[0]]) if len(reached) else float("nan")
+
+
+def choice_point(quality: np.ndarray, cost: np.ndarray, choice: np.ndarray) -> tuple[float, float]:
+    """(mean cost, mean quality) when prompt i is sent to model ``choice[i]``."""
+    rows = np.arange(len(choice))
+    return float(cost[rows, choice].mean()), float(quality[rows, choice].mean())
+
+
+def oracle_curve(quality, cost) -> tuple[np.ndarray, np.ndarray]:
+    """Operating points of the oracle: per prompt, the model maximizing quality - lambda * cost, for
+    every lambda at which some prompt's choice changes (ties go to the cheaper model).
+
+    ``quality`` and ``cost`` are (prompts x models) matrices.
+    """
+    quality, cost = np.asarray(quality, dtype=float), np.asarray(cost, dtype=float)
+    dq = quality[:, :, None] - quality[:, None, :]
+    dc = cost[:, :, None] - cost[:, None, :]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        breaks = dq / dc
+    breaks = np.unique(breaks[np.isfinite(breaks) & (breaks > 0)])
+    lambdas = np.concatenate([[0.0], breaks * (1 - 1e-9), breaks * (1 + 1e-9), [np.inf]])
+    points = []
+    for lam in lambdas:
+        score = -cost if np.isinf(lam) else quality - lam * cost
+        points.append(choice_point(quality, cost, _argmax_cheapest(score, cost)))
+    costs, qualities = zip(*points)
+    return np.array(costs), np.array(qualities)
+
+
+def _argmax_cheapest(score: np.ndarray, cost: np.ndarray) -> np.ndarray:
+    """Per row, the best-scoring model; among ties the cheapest, so the frontier is traced exactly."""
+    top = score >= score.max(axis=1, keepdims=True) - 1e-12
+    return np.where(top, cost, np.inf).argmin(axis=1)
