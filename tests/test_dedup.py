@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import json
-import random
 
+import numpy as np
 import polars as pl
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from router_ml.data.dedup import boilerplate_lines, dedup_view, group_ids, normalize_text, similar_pairs
-from router_ml.data.importers import routerbench
-from router_ml.embed import EmbeddingCache, MiniLMEncoder
+from router_ml.data.importers import llmrouter, mmlu_pro, routellm, routerbench
+from router_ml.data.report import ImportReport
+from router_ml.embed import MiniLMEncoder
 
 
 @given(st.text())
@@ -58,8 +58,6 @@ def test_dedup_view_drops_the_shared_few_shot_preamble(mini_files, report):
 
 
 def test_similar_pairs_finds_pairs_above_threshold():
-    import numpy as np
-
     vectors = np.array([[1.0, 0.0], [0.999, 0.0447], [0.0, 1.0]], dtype=np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     assert similar_pairs(vectors, 0.95, block=1).tolist() == [[0, 1]]
@@ -67,12 +65,9 @@ def test_similar_pairs_finds_pairs_above_threshold():
 
 @pytest.fixture(scope="module")
 def real_prompts(real_files):
-    from router_ml.data.importers import llmrouter, mmlu_pro, routellm
-    from router_ml.data.report import ImportReport
-
     report = ImportReport()
     frames = [routellm.load(real_files, report), llmrouter.load(real_files, report)]
-    return pl.concat(frames).select("prompt", "source", "task").unique(), mmlu_pro
+    return pl.concat(frames).select("prompt", "source", "task").unique()
 
 
 def _find(frame: pl.DataFrame, source: str, start: str) -> str:
@@ -83,8 +78,7 @@ def _find(frame: pl.DataFrame, source: str, start: str) -> str:
 
 def test_real_cross_source_near_duplicates_share_a_group(real_prompts, real_files):
     """Real copies that differ in options or instructions: MMLU in MMLU-Pro, GSM8K in LLMRouter's MGSM task."""
-    frame, mmlu_pro = real_prompts
-    from router_ml.data.report import ImportReport
+    frame = real_prompts
 
     pro = mmlu_pro._model_rows(real_files, mmlu_pro.PREFIX + "Meta-Llama-3_1-70B-Instruct" + mmlu_pro.SUFFIX,
                                "Meta-Llama-3_1-70B-Instruct", ImportReport())

@@ -9,7 +9,6 @@ both turns, mapped from 1-10 to [0, 1]. Prompts RouteLLM lists as contaminated
 from __future__ import annotations
 
 import csv
-import json
 import re
 from collections import defaultdict
 
@@ -31,10 +30,10 @@ def load(files: DataFiles, report: ImportReport) -> pl.DataFrame:
     return pl.concat(parts)
 
 
-def _contaminated(files: DataFiles, task_dir: str) -> set[str]:
+def _contaminated(files: DataFiles, report: ImportReport, task_dir: str) -> set[str]:
     path = f"{EVALS}/{task_dir}/contaminated_prompts.jsonl"
-    with files.open_text(SOURCE, path) as handle:
-        return {json.loads(line)["eval_prompt"].strip() for line in handle if line.strip()}
+    return {p for _, p in jsonl_records(files, SOURCE, path, report, lambda item: item["eval_prompt"].strip(),
+                                        "contaminated-prompt entry")}
 
 
 def _flags(prompt: str, contaminated: set[str]) -> list[str]:
@@ -42,7 +41,7 @@ def _flags(prompt: str, contaminated: set[str]) -> list[str]:
 
 
 def _mmlu(files: DataFiles, report: ImportReport) -> pl.DataFrame:
-    contaminated = _contaminated(files, "mmlu")
+    contaminated = _contaminated(files, report, "mmlu")
     rows = []
     for path in files.paths(SOURCE, f"{EVALS}/mmlu/responses/", ".csv"):
         with files.open_text(SOURCE, path) as handle:
@@ -52,7 +51,7 @@ def _mmlu(files: DataFiles, report: ImportReport) -> pl.DataFrame:
 
 
 def _gsm8k(files: DataFiles, report: ImportReport) -> pl.DataFrame:
-    contaminated = _contaminated(files, "gsm8k")
+    contaminated = _contaminated(files, report, "gsm8k")
     path = f"{EVALS}/gsm8k/gsm8k_responses.csv"
     with files.open_text(SOURCE, path) as handle:
         rows = list(_correctness_rows(csv.DictReader(handle), path, "gsm8k", contaminated, report, responses=True))
@@ -107,7 +106,7 @@ def _judgement_fields(item: dict) -> tuple[int, str, int, float, str]:
 
 
 def _mt_bench(files: DataFiles, report: ImportReport) -> pl.DataFrame:
-    contaminated = _contaminated(files, "mt_bench")
+    contaminated = _contaminated(files, report, "mt_bench")
     questions = dict(q for _, q in jsonl_records(
         files, SOURCE, f"{EVALS}/mt_bench/question.jsonl", report,
         lambda item: (int(item["question_id"]), list(item["turns"])), "question"))
