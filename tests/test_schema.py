@@ -48,3 +48,8 @@ def test_missing_required_column_is_named():
 
 def test_unknown_quality_is_allowed():
     assert schema.conform(_row(quality=None))["quality"].to_list() == [None]
+
+
+def test_one_outcome_per_prompt_and_model():
+    with pytest.raises(schema.SchemaError, match="occur more than once"):
+        schema.conform(pl.concat([_row(), _row()]))

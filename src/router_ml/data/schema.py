@@ -102,6 +102,10 @@ def validate(frame: pl.DataFrame) -> None:
         "negative output_tokens": pl.col("output_tokens") < 0,
         "unknown cost_source": ~pl.col("cost_source").is_in(COST_SOURCES),
     }
+    doubled = frame.group_by("prompt_id", "model").len().filter(pl.col("len") > 1)
+    if doubled.height:
+        raise SchemaError(f"{doubled.height} (prompt_id, model) pair(s) occur more than once, first: "
+                          f"prompt_id={doubled['prompt_id'][0]} model={doubled['model'][0]}")
     for problem, expr in checks.items():
         bad = frame.filter(expr.fill_null(False))
         if bad.height:

@@ -52,7 +52,8 @@ def load(files: DataFiles, report: ImportReport) -> pl.DataFrame:
                     report.skip(SOURCE, path, None, f"score outside [0, 1]: item {index} {model}={score!r}")
                     continue
                 rows.append(outcome(
-                    prompt_id=prompt_id(SOURCE, task, question),
+                    # Some queries occur twice (in both splits, or twice in one): the id is the item.
+                    prompt_id=prompt_id(SOURCE, task, f"{split}#{index}"),
                     prompt=question,
                     model=model,
                     quality=float(score),

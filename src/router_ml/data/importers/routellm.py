@@ -68,7 +68,7 @@ def _correctness_rows(reader, path, task, contaminated, report, responses):
     missing = [m for m in MODELS if m not in (reader.fieldnames or [])]
     if "prompt" not in (reader.fieldnames or []) or missing:
         raise ValueError(f"{SOURCE}/{path}: expected columns 'prompt' and {list(MODELS)}, got {reader.fieldnames}")
-    for record in reader:
+    for index, record in enumerate(reader):
         line = reader.line_num
         prompt = record["prompt"]
         if not prompt or not prompt.strip():
@@ -80,7 +80,8 @@ def _correctness_rows(reader, path, task, contaminated, report, responses):
                 report.skip(SOURCE, path, line, f"correctness not True/False: {model}={value!r}")
                 continue
             yield outcome(
-                prompt_id=prompt_id(SOURCE, task, prompt),
+                # MMLU repeats some questions across subjects: the id is the record, not the text.
+                prompt_id=prompt_id(SOURCE, task, f"{path}#{index}"),
                 prompt=prompt,
                 model=model,
                 quality=BOOL[value],
