@@ -85,3 +85,20 @@ def test_all_strong_has_pgr_one_and_all_weak_zero(case):
         return
     fractions, pgr = evaluate.pgr_curve(strong, weak, scores, [0.0, 1.0])
     assert pgr.tolist() == pytest.approx([0.0, 1.0])
+
+
+@pytest.mark.parametrize(("task", "expected_apgr"), [("mmlu", 0.586), ("gsm8k", 0.598), ("mt_bench", 0.548)])
+def test_prompt_length_rule_reproduces_the_reference_apgr(real_files, task, expected_apgr):
+    """"Longer prompt -> strong model" on RouteLLM's eval sets, contaminated prompts left out: the APGR
+    measured independently when this project was planned (0.586 / 0.598 / 0.548)."""
+    import polars as pl
+
+    from router_ml.data.importers import routellm
+    from router_ml.data.report import ImportReport
+    from router_ml.label import outcome_matrix
+
+    rows = routellm.load(real_files, ImportReport()).filter(
+        (pl.col("task") == task) & ~pl.col("flags").list.contains("contaminated"))
+    matrix = outcome_matrix(rows, list(routellm.MODELS)).complete()
+    length = matrix.prompts["prompt"].str.len_chars().to_numpy().astype(float)
+    assert evaluate.apgr(matrix.quality[:, 0], matrix.quality[:, 1], length) == pytest.approx(expected_apgr, abs=0.0015)
