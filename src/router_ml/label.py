@@ -43,7 +43,8 @@ def outcome_matrix(outcomes: pl.DataFrame, models: list[str] | None = None) -> O
     if doubled.height:
         raise ValueError(f"prompt {doubled['prompt_id'][0]} has {doubled['len'][0]} outcomes for model "
                          f"{doubled['model'][0]!r}")
-    prompts = outcomes.select(PROMPT_COLUMNS).unique("prompt_id", keep="first", maintain_order=True)
+    prompts = outcomes.select([c for c in PROMPT_COLUMNS if c in outcomes.columns]).unique(
+        "prompt_id", keep="first", maintain_order=True)
     index = pl.DataFrame({"prompt_id": prompts["prompt_id"]}).with_row_index("row")
     cells = outcomes.filter(pl.col("model").is_in(models)).join(index, on="prompt_id")
     column = {m: j for j, m in enumerate(models)}
