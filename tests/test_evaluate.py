@@ -97,8 +97,10 @@ def test_prompt_length_rule_reproduces_the_reference_apgr(real_files, task, expe
     from router_ml.data.report import ImportReport
     from router_ml.label import outcome_matrix
 
-    rows = routellm.load(real_files, ImportReport()).filter(
-        (pl.col("task") == task) & ~pl.col("flags").list.contains("contaminated"))
+    from router_ml.data.costs import add_tokens_and_costs
+
+    rows = add_tokens_and_costs(routellm.load(real_files, ImportReport()).filter(
+        (pl.col("task") == task) & ~pl.col("flags").list.contains("contaminated")))
     matrix = outcome_matrix(rows, list(routellm.MODELS)).complete()
     length = matrix.prompts["prompt"].str.len_chars().to_numpy().astype(float)
     assert evaluate.apgr(matrix.quality[:, 0], matrix.quality[:, 1], length) == pytest.approx(expected_apgr, abs=0.0015)
