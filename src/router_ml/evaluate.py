@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from router_ml.routers.policy import operating_curve
+
 
 def _cross(o: np.ndarray, a: np.ndarray, b: np.ndarray) -> float:
     return float((a[0] - o[0]) * (b[1] - o[1]) - (a[1] - o[1]) * (b[0] - o[0]))
@@ -130,27 +132,7 @@ def choice_point(quality: np.ndarray, cost: np.ndarray, choice: np.ndarray) -> t
 
 
 def oracle_curve(quality, cost) -> tuple[np.ndarray, np.ndarray]:
-    """Operating points of the oracle: per prompt, the model maximizing quality - lambda * cost, for
-    every lambda at which some prompt's choice changes (ties go to the cheaper model).
-
-    ``quality`` and ``cost`` are (prompts x models) matrices.
-    """
-    quality, cost = np.asarray(quality, dtype=float), np.asarray(cost, dtype=float)
-    dq = quality[:, :, None] - quality[:, None, :]
-    dc = cost[:, :, None] - cost[:, None, :]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        breaks = dq / dc
-    breaks = np.unique(breaks[np.isfinite(breaks) & (breaks > 0)])
-    lambdas = np.concatenate([[0.0], breaks * (1 - 1e-9), breaks * (1 + 1e-9), [np.inf]])
-    points = []
-    for lam in lambdas:
-        score = -cost if np.isinf(lam) else quality - lam * cost
-        points.append(choice_point(quality, cost, _argmax_cheapest(score, cost)))
-    costs, qualities = zip(*points)
-    return np.array(costs), np.array(qualities)
-
-
-def _argmax_cheapest(score: np.ndarray, cost: np.ndarray) -> np.ndarray:
-    """Per row, the best-scoring model; among ties the cheapest, so the frontier is traced exactly."""
-    top = score >= score.max(axis=1, keepdims=True) - 1e-12
-    return np.where(top, cost, np.inf).argmin(axis=1)
+    """Operating points of the oracle: the cost policy applied to the true quality, at every lambda
+    where some prompt's choice changes. ``quality`` and ``cost`` are (prompts x models) matrices."""
+    _, costs, qualities = operating_curve(quality, cost, quality, cost, max_points=10**9)
+    return costs, qualities
