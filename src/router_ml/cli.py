@@ -163,8 +163,8 @@ def encoders_build_static(
     from router_ml.embed import build_static_encoder
 
     started = time.perf_counter()
-    with console.status("distilling MiniLM into a static encoder (about 20 s on 2 cores)"):
-        encoder = build_static_encoder(out, dims)
+    console.print("distilling MiniLM into a static encoder (about 20 s on 2 cores)")
+    encoder = build_static_encoder(out, dims)
     console.print(f"wrote {encoder.encoder_id} to {out} in {time.perf_counter() - started:.0f} s")
 
 

