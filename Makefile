@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 MIRROR ?= $(wildcard ../shared/datasets)
 MIRROR_ENV := $(if $(MIRROR),ROUTER_ML_DATA_MIRROR=$(abspath $(MIRROR)))
 
-.PHONY: install run test clean
+.PHONY: install run test bench clean
 
 install: $(STAMP)
 
@@ -24,6 +24,10 @@ run: install
 
 test: install
 	$(MIRROR_ENV) $(BIN)/python -m pytest
+
+# Benchmarks (in progress: decision latency so far); results in benchmarks/results/.
+bench: install
+	$(MIRROR_ENV) $(BIN)/python benchmarks/decision_latency.py
 
 clean:
 	rm -rf $(VENV) data .pytest_cache

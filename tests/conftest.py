@@ -53,3 +53,16 @@ def mini_files(mini, tmp_path_factory) -> DataFiles:
 @pytest.fixture
 def report() -> ImportReport:
     return ImportReport()
+
+
+@pytest.fixture(scope="session")
+def static_encoder_dir(tmp_path_factory) -> Path:
+    """A small static encoder (64 dimensions) distilled once per test session through the CLI."""
+    from typer.testing import CliRunner
+
+    from router_ml.cli import app
+
+    out = tmp_path_factory.mktemp("static") / "minilm-static-64"
+    result = CliRunner().invoke(app, ["encoders", "build-static", "--out", str(out), "--dims", "64"])
+    assert result.exit_code == 0, result.output
+    return out

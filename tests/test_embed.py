@@ -30,15 +30,10 @@ def test_cached_texts_are_not_embedded_again(encoder, tmp_path, monkeypatch):
     assert np.array_equal(again, first[::-1])
 
 
-def test_static_encoder_is_distilled_locally_and_embeds(tmp_path):
-    from typer.testing import CliRunner
-
-    from router_ml.cli import app
+def test_static_encoder_is_distilled_locally_and_embeds(static_encoder_dir):
     from router_ml.embed import StaticEncoder
 
-    result = CliRunner().invoke(app, ["encoders", "build-static", "--out", str(tmp_path / "static"), "--dims", "64"])
-    assert result.exit_code == 0, result.output
-    encoder = StaticEncoder(tmp_path / "static")
+    encoder = StaticEncoder(static_encoder_dir)
     assert encoder.encoder_id == "minilm-static-64"
     vectors = encoder.encode(["How many integers are in the solution of |x + 5| < 10?",
                               "How many integers satisfy |x + 5| < 10?",

@@ -1,0 +1,87 @@
+"""Routing decision latency in-process: one prompt at a time, encoder + kNN predictor + cost policy.
+
+Trains a kNN quality router on RouteLLM's MMLU and GSM8K prompts (gpt-4-1106 vs
+Mixtral, real outcomes) and times `route(prompt)` on held-out prompts, per encoder.
+Writes benchmarks/results/decision_latency.json. Run with `make bench`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from router_ml.config import PROJECT_ROOT, get_settings
+from router_ml.data.costs import add_tokens_and_costs
+from router_ml.data.importers import routellm
+from router_ml.data.report import ImportReport
+from router_ml.data.sources import fetch, load_manifest
+from router_ml.embed import EmbeddingCache, MiniLMEncoder, StaticEncoder, build_static_encoder, embed_cached
+from router_ml.label import outcome_matrix
+from router_ml.routers import KNNQualityRouter, choose
+from router_ml.split import group_holdout
+
+RESULTS = PROJECT_ROOT / "benchmarks" / "results"
+STATIC = PROJECT_ROOT / "models" / "minilm-static"
+CALLS = {"minilm-l6-v2": 300, "minilm-static-256": 3000}
+
+
+def _matrix():
+    settings = get_settings()
+    files = fetch([e for e in load_manifest(settings.manifest) if e.source == "routellm"], settings.cache_dir,
+                  mirror=settings.data_mirror, base_url=settings.github_raw_base)
+    rows = routellm.load(files, ImportReport()).filter(pl.col("task").is_in(["mmlu", "gsm8k"]))
+    rows = add_tokens_and_costs(rows).with_columns(pl.col("prompt").alias("group_id"))  # exact copies only
+    return outcome_matrix(rows, list(routellm.MODELS)).complete()
+
+
+def measure(encoder, matrix, calls: int) -> dict:
+    prompts = matrix.prompts["prompt"].to_list()
+    train, held = group_holdout(matrix.prompts["group_id"].to_list(), 0.1, seed=0)
+    cache = EmbeddingCache(get_settings().cache_dir / "embeddings", encoder.encoder_id)
+    X = embed_cached([prompts[i] for i in train], encoder, cache)
+    router = KNNQualityRouter(n_neighbors=50).fit(X, matrix.quality[train])
+    cost = matrix.cost[train].mean(axis=0, keepdims=True)
+    lam = 0.0
+
+    def route(prompt: str) -> int:
+        return int(choose(router.predict(encoder.encode([prompt])), cost, lam)[0])
+
+    for i in held[:20]:  # warm up
+        route(prompts[i])
+    timings = []
+    for i in held[:calls]:
+        started = time.perf_counter()
+        route(prompts[i])
+        timings.append((time.perf_counter() - started) * 1000)
+    timings = np.array(timings)
+    return {"encoder": encoder.encoder_id, "calls": len(timings), "train_prompts": len(train),
+            "p50_ms": round(float(np.percentile(timings, 50)), 3), "p99_ms": round(float(np.percentile(timings, 99)), 3),
+            "mean_ms": round(float(timings.mean()), 3)}
+
+
+def main() -> None:
+    started = time.perf_counter()
+    if not (STATIC / "model.safetensors").is_file():
+        build_static_encoder(STATIC)
+    matrix = _matrix()
+    results = [measure(encoder, matrix, CALLS[encoder.encoder_id])
+               for encoder in (StaticEncoder(STATIC), MiniLMEncoder())]
+    report = {"benchmark": "decision_latency", "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+              "router": "kNN (k=50) quality router + lambda policy, gpt-4-1106 vs Mixtral", "results": results,
+              "runtime_s": round(time.perf_counter() - started, 1)}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "decision_latency.json").write_text(json.dumps(report, indent=2) + "\n")
+    for r in results:
+        print(f"{r['encoder']:>18}: p50 {r['p50_ms']:.3f} ms, p99 {r['p99_ms']:.3f} ms over {r['calls']} decisions "
+              f"(kNN over {r['train_prompts']} prompts)")
+    print(f"decision latency benchmark: {report['runtime_s']} s -> {RESULTS / 'decision_latency.json'}")
+
+
+if __name__ == "__main__":
+    main()
