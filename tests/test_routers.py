@@ -10,7 +10,9 @@ from hypothesis.extra.numpy import arrays
 from sklearn.base import clone
 
 from router_ml import evaluate
-from router_ml.routers import KNNQualityRouter, MeanQualityRouter, calibrate_lambda, choose, operating_curve
+from router_ml.routers import (
+    KNNQualityRouter, LinearQualityRouter, MeanQualityRouter, calibrate_lambda, choose, operating_curve,
+)
 
 
 def test_policy_ends_are_best_predicted_and_cheapest():
@@ -70,3 +72,18 @@ def test_knn_on_real_routerbench_prompts(mini_files, report):
     for predictions in (predicted, mean):
         _, costs, qualities = operating_curve(predictions, cost, truth, true_cost)
         assert evaluate.aiq(costs, qualities, cost_range) <= evaluate.aiq(*oracle, cost_range) + 1e-12
+
+
+def test_linear_router_learns_each_model_from_its_known_rows():
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(400, 5))
+    Y = np.column_stack([0.5 + 0.1 * X[:, 0], 0.5 - 0.1 * X[:, 1]]).clip(0, 1)
+    Y[::3, 1] = np.nan  # unknown outcomes are skipped, not read as zeros
+    router = LinearQualityRouter(alpha=1e-3).fit(X, Y)
+    predicted = router.predict(X)
+    assert np.abs(predicted[:, 0] - Y[:, 0]).max() < 0.01
+    known = ~np.isnan(Y[:, 1])
+    assert np.abs(predicted[known, 1] - Y[known, 1]).max() < 0.01
+    assert clone(router).get_params() == {"alpha": 1e-3}
+    with pytest.raises(ValueError, match="no known quality"):
+        LinearQualityRouter().fit(X, np.full((400, 1), np.nan))

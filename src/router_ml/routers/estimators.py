@@ -67,3 +67,30 @@ class KNNQualityRouter(BaseEstimator):
             total = np.where(known, neighbours, 0.0).sum(axis=1) + self.prior_weight * self.mean_quality_
             out[start:start + block] = total / (known.sum(axis=1) + self.prior_weight)
         return out
+
+
+class LinearQualityRouter(BaseEstimator):
+    """One ridge regression per model from prompt features to quality, clipped to [0, 1].
+
+    Each model is fitted on the prompts where its quality is known.
+    """
+
+    def __init__(self, alpha: float = 1.0):
+        self.alpha = alpha
+
+    def fit(self, X, Y):
+        from sklearn.linear_model import Ridge
+
+        X, Y = _check_targets(X, Y)
+        self.models_ = []
+        for j in range(Y.shape[1]):
+            known = ~np.isnan(Y[:, j])
+            if not known.any():
+                raise ValueError(f"model column {j} has no known quality to learn from")
+            self.models_.append(Ridge(alpha=self.alpha).fit(X[known], Y[known, j]))
+        return self
+
+    def predict(self, X) -> np.ndarray:
+        check_is_fitted(self, "models_")
+        X = np.asarray(X, dtype=np.float32)
+        return np.clip(np.column_stack([m.predict(X) for m in self.models_]), 0.0, 1.0)
