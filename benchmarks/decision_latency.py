@@ -11,7 +11,6 @@ import json
 import os
 import platform
 import time
-from pathlib import Path
 
 import numpy as np
 import polars as pl

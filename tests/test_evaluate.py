@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from router_ml import evaluate
+from router_ml.routers.policy import choice_point
 
 
 def test_hull_drops_dominated_and_decreasing_points():
@@ -52,7 +53,7 @@ quality_matrices = st.integers(2, 12).flatmap(lambda n: st.integers(2, 4).flatma
 @given(quality_matrices)
 def test_oracle_aiq_is_at_least_any_routers(case):
     quality, cost, choices = case
-    points = [evaluate.choice_point(quality, cost, c) for c in choices]
+    points = [choice_point(quality, cost, c) for c in choices]
     router_costs, router_qualities = zip(*points)
     oracle_costs, oracle_qualities = evaluate.oracle_curve(quality, cost)
     low, high = cost.min(axis=1).mean(), cost.max(axis=1).mean() + 1e-9

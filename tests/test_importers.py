@@ -136,7 +136,7 @@ def test_mmlu_pro_null_prediction_counts_wrong(mini_files, report):
         item = json.loads(archive.read(archive.namelist()[0]))[0]
     prompt = rows.filter(pl.col("prompt_id") == mmlu_pro.prompt_id("mmlu_pro", "mmlu_pro", str(item["question_id"])))["prompt"][0]
     assert prompt.startswith(item["question"].strip())
-    assert prompt.count("\n(") == len(mmlu_pro._options(item["options"])) and "\n(A) " in prompt
+    assert prompt.count("\n(") == len(mmlu_pro.parse_options(item["options"])) and "\n(A) " in prompt
 
 
 def _rewrite(mini, tmp_path, source, path, transform):

@@ -65,7 +65,7 @@ def aiq(costs, qualities, cost_range: tuple[float, float]) -> float:
     area = 0.0
     for a, b, va, vb in zip(grid[:-1], grid[1:], values[:-1], values[1:]):
         if a < hc[0] <= b:
-            area += (b - hc[0]) * (hull_quality(hc, hq, hc[0]) + vb) / 2
+            area += (b - hc[0]) * (hq[0] + vb) / 2
         else:
             area += (b - a) * (va + vb) / 2
     return float(area / (high - low))
@@ -123,12 +123,6 @@ def cpt(strong, weak, scores, pgr_target: float) -> float:
     fractions, pgr = pgr_curve(strong, weak, scores, np.arange(n + 1) / n)
     reached = np.nonzero(pgr >= pgr_target - 1e-12)[0]
     return float(fractions[reached[0]]) if len(reached) else float("nan")
-
-
-def choice_point(quality: np.ndarray, cost: np.ndarray, choice: np.ndarray) -> tuple[float, float]:
-    """(mean cost, mean quality) when prompt i is sent to model ``choice[i]``."""
-    rows = np.arange(len(choice))
-    return float(cost[rows, choice].mean()), float(quality[rows, choice].mean())
 
 
 def oracle_curve(quality, cost) -> tuple[np.ndarray, np.ndarray]:

@@ -32,9 +32,9 @@ def _mmlu_pro_origins(files: DataFiles) -> dict[str, bool]:
     """Normalized-text hash of each MMLU-Pro prompt -> whether MMLU-Pro took it from MMLU."""
     origins: dict[str, bool] = {}
     for path in files.paths(mmlu_pro.SOURCE, mmlu_pro.PREFIX, mmlu_pro.SUFFIX):
-        for item in mmlu_pro._read_items(files, path):
+        for item in mmlu_pro.read_items(files, path):
             if isinstance(item, dict):
-                prompt = mmlu_pro.format_question(item["question"], mmlu_pro._options(item["options"]))
+                prompt = mmlu_pro.format_question(item["question"], mmlu_pro.parse_options(item["options"]))
                 origins.setdefault(text_hash(normalize_text(prompt)), str(item["src"]).startswith("ori_mmlu"))
     return origins
 

@@ -18,6 +18,12 @@ def choose(predicted_quality: np.ndarray, cost: np.ndarray, lam: float) -> np.nd
     return np.where(top, cost, np.inf).argmin(axis=1)
 
 
+def choice_point(quality: np.ndarray, cost: np.ndarray, choice: np.ndarray) -> tuple[float, float]:
+    """(mean cost, mean quality) when prompt i is sent to model ``choice[i]``."""
+    rows = np.arange(len(choice))
+    return float(np.asarray(cost)[rows, choice].mean()), float(np.asarray(quality)[rows, choice].mean())
+
+
 def lambdas(predicted_quality: np.ndarray, cost: np.ndarray) -> np.ndarray:
     """Every lambda at which some prompt's choice changes (just below and above), plus 0 and inf."""
     dq = predicted_quality[:, :, None] - predicted_quality[:, None, :]
@@ -34,12 +40,8 @@ def operating_curve(predicted_quality, predicted_cost, true_quality, true_cost, 
     grid = lambdas(predicted_quality, predicted_cost)
     if len(grid) > max_points:  # keep the ends and an even spread of the breakpoints
         grid = grid[np.unique(np.linspace(0, len(grid) - 1, max_points).round().astype(int))]
-    rows = np.arange(len(predicted_quality))
-    costs, qualities = [], []
-    for lam in grid:
-        picked = choose(predicted_quality, predicted_cost, lam)
-        costs.append(float(np.asarray(true_cost)[rows, picked].mean()))
-        qualities.append(float(np.asarray(true_quality)[rows, picked].mean()))
+    points = [choice_point(true_quality, true_cost, choose(predicted_quality, predicted_cost, lam)) for lam in grid]
+    costs, qualities = zip(*points)
     return grid, np.array(costs), np.array(qualities)
 
 

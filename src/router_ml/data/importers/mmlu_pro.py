@@ -31,7 +31,7 @@ def load(files: DataFiles, report: ImportReport) -> pl.DataFrame:
     return frame(rows)
 
 
-def _read_items(files: DataFiles, path: str) -> list[dict]:
+def read_items(files: DataFiles, path: str) -> list[dict]:
     with zipfile.ZipFile(BytesIO(files.read_bytes(SOURCE, path))) as archive:
         members = [n for n in archive.namelist() if n.endswith(".json")]
         if len(members) != 1:
@@ -51,7 +51,7 @@ def format_question(question: str, options: list[str]) -> str:
     return "\n".join(lines)
 
 
-def _options(raw) -> list[str]:
+def parse_options(raw) -> list[str]:
     if isinstance(raw, list):
         return [str(o) for o in raw]
     value = ast.literal_eval(raw)
@@ -62,14 +62,14 @@ def _options(raw) -> list[str]:
 
 def _model_rows(files, path, model, report):
     null_pred = 0
-    items = _read_items(files, path)
+    items = read_items(files, path)
     for index, item in enumerate(items):
         if not isinstance(item, dict):
             report.skip(SOURCE, path, None, f"malformed item: item {index} is {type(item).__name__} {item!r:.40}, "
                                             "not an object")
             continue
         try:
-            options = _options(item["options"])
+            options = parse_options(item["options"])
             text = format_question(item["question"], options)
             answer, pred, qid = item["answer"], item["pred"], str(item["question_id"])
         except (KeyError, ValueError, SyntaxError, TypeError) as exc:
