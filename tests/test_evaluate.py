@@ -1,15 +1,11 @@
-"""Evaluation metrics: hand-checked values and hypothesis properties."""
+"""Evaluation metrics and plots: hand-checked values (properties: test_metrics_properties.py)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
-from hypothesis.extra.numpy import arrays
 
 from router_ml import evaluate
-from router_ml.routers.policy import choice_point
 
 
 def test_hull_drops_dominated_and_decreasing_points():
@@ -42,50 +38,55 @@ def test_pgr_apgr_cpt_by_hand():
     assert evaluate.apgr(strong, weak, perfect) > evaluate.apgr(strong, weak, -perfect)
 
 
-quality_matrices = st.integers(2, 12).flatmap(lambda n: st.integers(2, 4).flatmap(lambda m: st.tuples(
-    arrays(float, (n, m), elements=st.sampled_from([0.0, 0.5, 1.0])),
-    arrays(float, (n, m), elements=st.floats(0.001, 1.0)),
-    st.lists(arrays(np.int64, (n,), elements=st.integers(0, m - 1)), min_size=1, max_size=5),
-)))
+# Three models, cheap to dear; on each prompt the dear model is right, the middle one on three of four.
+QUALITY = np.array([[0.0, 1.0, 1.0], [0.0, 0.0, 1.0], [1.0, 1.0, 1.0], [0.0, 1.0, 1.0]])
+COST = np.tile([1.0, 2.0, 10.0], (4, 1))
 
 
-@settings(max_examples=60, deadline=None)
-@given(quality_matrices)
-def test_oracle_aiq_is_at_least_any_routers(case):
-    quality, cost, choices = case
-    points = [choice_point(quality, cost, c) for c in choices]
-    router_costs, router_qualities = zip(*points)
-    oracle_costs, oracle_qualities = evaluate.oracle_curve(quality, cost)
-    low, high = cost.min(axis=1).mean(), cost.max(axis=1).mean() + 1e-9
-    assert evaluate.aiq(oracle_costs, oracle_qualities, (low, high)) >= \
-        evaluate.aiq(router_costs, router_qualities, (low, high)) - 1e-9
+def test_baselines_by_hand():
+    costs, qualities = evaluate.single_model_points(QUALITY, COST)
+    assert costs.tolist() == [1, 2, 10] and qualities.tolist() == [0.25, 0.75, 1.0]
+    assert [c.tolist() for c in evaluate.zero_router_curve(QUALITY, COST)] == [[1, 2, 10], [0.25, 0.75, 1.0]]
+    assert [c.tolist() for c in evaluate.random_curve(QUALITY, COST)] == [[1, 10], [0.25, 1.0]]
+    # The oracle: all prompts right (cost 3.75), all but the one only the dear model solves (1.5), all cheap.
+    oracle_costs, oracle_qualities = evaluate.oracle_curve(QUALITY, COST)
+    assert oracle_costs.tolist() == [3.75, 1.5, 1.0] and oracle_qualities.tolist() == [1.0, 0.75, 0.25]
+    assert evaluate.gap_closed(0.5, 0.4, 0.9) == pytest.approx(0.2)
+    assert np.isnan(evaluate.gap_closed(0.5, 0.9, 0.9))
 
 
-@settings(max_examples=60, deadline=None)
-@given(arrays(float, st.integers(2, 30), elements=st.floats(0, 1)),
-       arrays(float, st.integers(2, 30), elements=st.floats(0, 1)))
-def test_hull_is_non_decreasing_and_concave(costs, qualities):
-    n = min(len(costs), len(qualities))
-    hc, hq = evaluate.hull(costs[:n], qualities[:n])
-    assert np.all(np.diff(hc) > 0) and np.all(np.diff(hq) > 0)
-    slopes = np.diff(hq) / np.diff(hc)
-    assert np.all(np.diff(slopes) <= 1e-9)
-    assert hq[-1] == pytest.approx(qualities[:n].max())
+def test_curve_summary_by_hand():
+    summary = evaluate.curve_summary([1.5, 10], [0.75, 1.0], QUALITY, COST, models=["a", "b", "c"])
+    assert summary["cost_range"] == (1.0, 10.0)
+    assert summary["best_model"] == 2 and summary["best_model_name"] == "c"
+    assert (summary["best_model_cost"], summary["best_model_quality"]) == (10.0, 1.0)
+    # Over [1, 10]: router 0 until 1.5 then 0.75 -> 1; zero 0.25 -> 0.75 -> 1; oracle 0.25 -> 0.75 -> 1 (3.75).
+    assert summary["aiq"] == pytest.approx(8.5 * 0.875 / 9)
+    assert summary["zero_aiq"] == pytest.approx((0.5 + 8 * 0.875) / 9)
+    assert summary["oracle_aiq"] == pytest.approx((0.25 + 2.25 * 0.875 + 6.25) / 9)
+    assert summary["random_aiq"] == pytest.approx(0.625)
+    assert summary["gap_closed"] == pytest.approx(
+        (summary["aiq"] - summary["zero_aiq"]) / (summary["oracle_aiq"] - summary["zero_aiq"]))
+    assert summary["cost_at_best_quality"] == 10.0 and summary["quality_at_best_cost"] == 1.0
+    # 95% of quality 1, 0.8 of the way from 0.75 to 1: router at 1.5 + 0.8 * 8.5, zero at 2 + 0.8 * 8,
+    # oracle at 1.5 + 0.8 * 2.25.
+    assert summary["savings_at_95"] == pytest.approx(1 - 8.3 / 10)
+    assert summary["zero_savings_at_95"] == pytest.approx(1 - 8.4 / 10)
+    assert summary["oracle_savings_at_95"] == pytest.approx(1 - 3.3 / 10)
 
 
-@settings(max_examples=60, deadline=None)
-@given(st.integers(2, 40).flatmap(lambda n: st.tuples(
-    arrays(float, (n,), elements=st.sampled_from([0.0, 1.0])),
-    arrays(float, (n,), elements=st.sampled_from([0.0, 1.0])),
-    arrays(float, (n,), elements=st.floats(-1, 1)))))
-def test_all_strong_has_pgr_one_and_all_weak_zero(case):
-    strong, weak, scores = case
-    if strong.mean() <= weak.mean():
-        strong, weak = np.maximum(strong, weak), np.minimum(strong, weak)
-    if strong.mean() == weak.mean():
-        return
-    fractions, pgr = evaluate.pgr_curve(strong, weak, scores, [0.0, 1.0])
-    assert pgr.tolist() == pytest.approx([0.0, 1.0])
+def test_plots_write_png(tmp_path):
+    from router_ml import plots
+
+    singles = {"cheap": (1e-5, 0.3), "mid": (2e-4, 0.6), "dear": (3e-3, 0.8)}
+    curves = {"knn": ([1e-5, 1e-4, 1e-3], [0.3, 0.65, 0.78])}
+    paths = [
+        plots.plot_cost_quality(tmp_path / "cq.png", curves, singles, "test", oracle=([1e-5, 5e-5], [0.5, 0.9])),
+        plots.plot_pgr(tmp_path / "pgr.png", {"knn": (np.linspace(0, 1, 11), np.linspace(0, 1, 11) ** 0.5)}, "test"),
+    ]
+    for path in paths:
+        data = path.read_bytes()
+        assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 10_000
 
 
 @pytest.mark.parametrize(("task", "expected_apgr"), [("mmlu", 0.586), ("gsm8k", 0.598), ("mt_bench", 0.548)])

@@ -168,6 +168,129 @@ def encoders_build_static(
     console.print(f"wrote {encoder.encoder_id} to {out} in {time.perf_counter() - started:.0f} s")
 
 
+def _load_outcomes(path: Path | None) -> pl.DataFrame:
+    path = path or get_settings().outcomes_path
+    if not Path(path).is_file():
+        raise ValueError(f"no outcomes table at {path}: build it with `router-ml datasets prepare`")
+    return pl.read_parquet(path)
+
+
+def _encoder(kind: str):
+    """The static encoder (built on first use, about 20 s) or MiniLM through the embedding cache."""
+    from router_ml.embed import CachedEncoder, EmbeddingCache, MiniLMEncoder, StaticEncoder, build_static_encoder
+
+    if kind == "minilm":
+        return CachedEncoder(MiniLMEncoder(), EmbeddingCache(get_settings().cache_dir / "embeddings", "minilm-l6-v2"))
+    if kind != "static":
+        raise ValueError(f"--encoder must be 'static' or 'minilm', not {kind!r}")
+    static_dir = get_settings().static_encoder
+    if not (static_dir / "model.safetensors").is_file():
+        console.print(f"building the static encoder in {static_dir} (once, about 20 s)")
+        return build_static_encoder(static_dir)
+    return StaticEncoder(static_dir)
+
+
+def _print_metrics(metrics: dict) -> None:
+    table = Table(title="test split (never used for any choice)")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in _flat(metrics).items():
+        table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
+    console.print(table)
+
+
+def _flat(values: dict, prefix: str = "") -> dict:
+    from router_ml.tracking import flatten
+
+    return flatten(values, prefix)
+
+
+@app.command("train")
+@_clear_errors
+def train_command(
+    name: Annotated[str, typer.Option(help="Bundle name: written to models/<name>/ and registered in MLflow.")] = "router",
+    router: Annotated[str, typer.Option(help="mean, knn, linear, lgbm, mf or stack.")] = "mf",
+    source: Annotated[Optional[list[str]], typer.Option(help="Train on these sources only (repeatable).")] = None,
+    task: Annotated[Optional[list[str]], typer.Option(help="Train on these tasks only (repeatable).")] = None,
+    model: Annotated[Optional[list[str]], typer.Option(help="The model pool (repeatable; default: every model "
+                                                             "with --min-prompts outcomes).")] = None,
+    min_prompts: Annotated[int, typer.Option(help="Smallest number of outcomes for a model to join the pool.")] = 200,
+    trials: Annotated[int, typer.Option(help="Optuna trials on the validation split.")] = 10,
+    quality_share: Annotated[float, typer.Option(help="Calibrate the policy to keep this share of the best "
+                                                      "single model's quality.")] = 0.95,
+    test_fraction: Annotated[float, typer.Option(help="Share of duplicate groups held out for the test.")] = 0.2,
+    encoder: Annotated[str, typer.Option(help="static (fast, serving) or minilm.")] = "static",
+    seed: int = 0,
+    outcomes: Annotated[Optional[Path], typer.Option(help="Outcomes table (default: $ROUTER_ML_OUTCOMES_PATH).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Bundle directory (default: models/<name>).")] = None,
+    mlflow: Annotated[bool, typer.Option(help="Log the run and register the bundle in MLflow.")] = True,
+) -> None:
+    """Train a router: split by duplicate group, search on validation, calibrate, score on test, write a bundle."""
+    from router_ml.bundle import file_sha256
+    from router_ml.train import TrainConfig, default_output_dir, run
+
+    settings = get_settings()
+    config = TrainConfig(name=name, router=router, sources=source or [], tasks=task or [], models=model or [],
+                         min_prompts=min_prompts, test_fraction=test_fraction, n_trials=trials,
+                         quality_share=quality_share, seed=seed)
+    outcomes_path = outcomes or settings.outcomes_path
+    table = _load_outcomes(outcomes_path)
+    checksums = {"outcomes_sha256": file_sha256(outcomes_path)}
+    if settings.manifest.is_file():
+        checksums["manifest_sha256"] = file_sha256(settings.manifest)
+    with _stages() as progress:
+        result = run(config, table, _encoder(encoder), out or default_output_dir(name), progress, checksums)
+    if result.test is not None:
+        _print_metrics(result.meta["metrics"])
+    console.print(f"bundle {result.meta['version']} written to {result.bundle_dir}")
+    if mlflow:
+        from router_ml.tracking import log_training
+
+        logged = log_training(result, settings.mlflow_uri, settings.mlflow_artifacts)
+        console.print(f"MLflow run {logged['run_id']}, registered model {name!r} version {logged['model_version']} "
+                      f"({logged['tracking_uri']})")
+
+
+@app.command("evaluate")
+@_clear_errors
+def evaluate_command(
+    bundle: Annotated[Path, typer.Option(help="Bundle directory to evaluate.")] = Path("models/default"),
+    outcomes: Annotated[Optional[Path], typer.Option(help="Outcomes table (default: $ROUTER_ML_OUTCOMES_PATH).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Where to write metrics.json and the PNG plots "
+                                                      "(default: reports/<bundle name>).")] = None,
+) -> None:
+    """Score a bundle on its own held-out test split: curve, AIQ, gap closed, savings, target check; PNG plots."""
+    import json
+
+    from router_ml.bundle import load_bundle
+    from router_ml.evaluate import oracle_curve, single_model_points
+    from router_ml.features import PromptFeaturizer
+    from router_ml.plots import plot_cost_quality
+    from router_ml.routers.policy import Calibration
+    from router_ml.train import TrainConfig, build_dataset, complete_rows, score, select_outcomes, split
+
+    loaded = load_bundle(bundle)
+    config = TrainConfig(**loaded.meta["config"])
+    if not config.test_fraction:
+        raise ValueError(f"{bundle} was trained on all its data (test fraction 0): nothing held out to score")
+    rows, models = select_outcomes(_load_outcomes(outcomes), TrainConfig(**{**loaded.meta["config"],
+                                                                             "models": loaded.models}))
+    with _stages() as progress:
+        data = build_dataset(rows, models, PromptFeaturizer(loaded.encoder.encode).transform, progress)
+    _, _, test = split(data, config)
+    scored = score(loaded.router, loaded.cost, test, Calibration(**loaded.meta["calibration"]))
+    out = out or Path("reports") / loaded.meta["name"]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(scored, indent=2) + "\n")
+    matrix = complete_rows(test).matrix
+    singles = dict(zip(models, zip(*single_model_points(matrix.quality, matrix.cost))))
+    curves = {loaded.meta["router"]["kind"]: (scored["curve"]["costs"], scored["curve"]["qualities"])}
+    plot_cost_quality(out / "cost_quality.png", curves, singles, f"{loaded.version} on its test split",
+                      oracle=oracle_curve(matrix.quality, matrix.cost))
+    _print_metrics(scored["metrics"])
+    console.print(f"wrote {out / 'metrics.json'} and {out / 'cost_quality.png'}")
+
+
 def _print_frame(title: str, frame: pl.DataFrame, floats: str = "{:.4g}") -> None:
     table = Table(title=title, title_justify="left")
     for name in frame.columns:

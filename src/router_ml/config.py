@@ -28,6 +28,12 @@ class Settings(BaseSettings):
     manifest: Path = PROJECT_ROOT / "datasets" / "manifest.tsv"
     outcomes_path: Path = Path("data") / "outcomes.parquet"
     github_raw_base: str = "https://raw.githubusercontent.com"
+    mlflow_uri: str = f"sqlite:///{PROJECT_ROOT / 'mlruns' / 'mlflow.db'}"
+    """MLflow tracking store: a local SQLite file by default."""
+    mlflow_artifacts: Path = PROJECT_ROOT / "mlruns" / "artifacts"
+    """Where a new MLflow experiment keeps its artifacts (the logged bundles)."""
+    static_encoder: Path = PROJECT_ROOT / "models" / "minilm-static"
+    """The static encoder's directory: built there by ``router-ml train`` on first use, loaded by bundles."""
 
 
 @lru_cache(maxsize=1)

@@ -169,3 +169,14 @@ def embed_cached(
         if cache is not None:
             cache.put([keys[i] for i in chunk], fresh)
     return out
+
+
+class CachedEncoder:
+    """An encoder whose ``encode`` goes through an :class:`EmbeddingCache` (for the slow MiniLM)."""
+
+    def __init__(self, encoder, cache: EmbeddingCache):
+        self.encoder, self.cache = encoder, cache
+        self.encoder_id, self.dimension = encoder.encoder_id, encoder.dimension
+
+    def encode(self, texts: Sequence[str], progress: Callable[[int], None] | None = None) -> np.ndarray:
+        return embed_cached(texts, self.encoder, self.cache, progress)

@@ -11,13 +11,17 @@ Plain numpy functions a notebook can call. Conventions:
   width; below the hull's cheapest point the router reaches nothing and counts 0.
 - PGR, APGR and CPT (RouteLLM) describe a two-model router by the share of calls it
   sends to the strong model.
+- Baselines on a (prompts x models) test matrix: each single model, the zero router
+  (hull of the single models), the random router (cheapest vs best single model mixed
+  at random) and the oracle (each prompt's true best trade-off); ``curve_summary``
+  puts a router's curve among them.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from router_ml.routers.policy import operating_curve
+from router_ml.routers.policy import best_single_model, operating_curve
 
 
 def _cross(o: np.ndarray, a: np.ndarray, b: np.ndarray) -> float:
@@ -127,6 +131,84 @@ def cpt(strong, weak, scores, pgr_target: float) -> float:
 
 def oracle_curve(quality, cost) -> tuple[np.ndarray, np.ndarray]:
     """Operating points of the oracle: the cost policy applied to the true quality, at every lambda
-    where some prompt's choice changes. ``quality`` and ``cost`` are (prompts x models) matrices."""
-    _, costs, qualities = operating_curve(quality, cost, quality, cost, max_points=10**9)
+    where some prompt's choice changes. ``quality`` and ``cost`` are (prompts x models) matrices.
+
+    Exact and fast: per prompt the oracle walks down its upper convex hull of (cost, quality) as
+    lambda grows, so the curve merges the per-prompt hull segments sorted by slope."""
+    _, costs, qualities = operating_curve(quality, cost, quality, cost, max_points=None)
     return costs, qualities
+
+
+def single_model_points(quality, cost) -> tuple[np.ndarray, np.ndarray]:
+    """(mean cost, mean quality) of each model (column) sent every prompt."""
+    return np.asarray(cost, dtype=float).mean(axis=0), np.asarray(quality, dtype=float).mean(axis=0)
+
+
+def zero_router_curve(quality, cost) -> tuple[np.ndarray, np.ndarray]:
+    """RouterBench's zero router: the hull of the single-model points (random mixes of single models)."""
+    return hull(*single_model_points(quality, cost))
+
+
+def random_curve(quality, cost) -> tuple[np.ndarray, np.ndarray]:
+    """The random router: the cheapest single model (ties to the higher quality) and the best one
+    (``best_single_model``); sending each call to the best with probability p gives, over p in
+    [0, 1], the straight line between these two points. For two models its PGR is the share of
+    strong calls (RouteLLM's random baseline)."""
+    costs, qualities = single_model_points(quality, cost)
+    cheapest, best = int(np.lexsort((-qualities, costs))[0]), best_single_model(quality, cost)
+    ends = [cheapest] if cheapest == best else [cheapest, best]
+    return costs[ends], qualities[ends]
+
+
+def gap_closed(router_aiq: float, zero_aiq: float, oracle_aiq: float) -> float:
+    """Share of the zero-router-to-oracle gap a router closes: (router - zero) / (oracle - zero), nan without a gap."""
+    gap = oracle_aiq - zero_aiq
+    return float((router_aiq - zero_aiq) / gap) if gap > 0 else float("nan")
+
+
+def _average_quality(costs, qualities, low: float, high: float) -> float:
+    """AIQ over [low, high]; for an empty range (all single models cost the same), the hull's quality there."""
+    if high > low:
+        return aiq(costs, qualities, (low, high))
+    return float(hull_quality(*hull(costs, qualities), low))
+
+
+def curve_summary(costs, qualities, quality, cost, models=None) -> dict:
+    """A router's operating curve (``costs``, ``qualities``) on the test matrices ``quality`` and
+    ``cost`` (prompts x models), next to the baselines on the same matrices.
+
+    - ``cost_range``: [cheapest, dearest] single-model mean cost; every AIQ is over it.
+    - ``aiq``, ``zero_aiq``, ``oracle_aiq``, ``random_aiq``: AIQ of the router, the zero router
+      (``zero_router_curve``), the oracle (``oracle_curve``) and the random router (``random_curve``).
+    - ``gap_closed``: (aiq - zero_aiq) / (oracle_aiq - zero_aiq).
+    - ``best_model`` (column; ``best_model_name`` when ``models`` names the columns),
+      ``best_model_cost``, ``best_model_quality``: the single model with the highest mean quality
+      (ties to the cheaper), its mean cost and quality.
+    - ``cost_at_best_quality``: the router hull's lowest cost reaching the best model's quality (inf if never).
+    - ``quality_at_best_cost``: the router hull's quality at the best model's cost.
+    - ``savings_at_95``, ``zero_savings_at_95``, ``oracle_savings_at_95``: 1 - (lowest cost at which
+      the hull of the router / zero router / oracle reaches 95% of the best model's quality) / the best
+      model's cost (-inf when never reached).
+    """
+    single_costs, single_qualities = single_model_points(quality, cost)
+    low, high = float(single_costs.min()), float(single_costs.max())
+    best = best_single_model(quality, cost)
+    best_cost, best_quality = float(single_costs[best]), float(single_qualities[best])
+    curves = {"router": (costs, qualities), "zero": (single_costs, single_qualities),
+              "oracle": oracle_curve(quality, cost), "random": random_curve(quality, cost)}
+    aiqs = {name: _average_quality(*curve, low, high) for name, curve in curves.items()}
+    savings = {name: savings_at_quality_share(*curves[name], best_cost, best_quality, 0.95)
+               for name in ("router", "zero", "oracle")}
+    summary = {
+        "cost_range": (low, high),
+        "aiq": aiqs["router"], "zero_aiq": aiqs["zero"], "oracle_aiq": aiqs["oracle"], "random_aiq": aiqs["random"],
+        "gap_closed": gap_closed(aiqs["router"], aiqs["zero"], aiqs["oracle"]),
+        "best_model": best, "best_model_cost": best_cost, "best_model_quality": best_quality,
+        "cost_at_best_quality": cost_at_quality(costs, qualities, best_quality),
+        "quality_at_best_cost": float(hull_quality(*hull(costs, qualities), best_cost)),
+        "savings_at_95": savings["router"], "zero_savings_at_95": savings["zero"],
+        "oracle_savings_at_95": savings["oracle"],
+    }
+    if models is not None:
+        summary["best_model_name"] = models[best]
+    return summary

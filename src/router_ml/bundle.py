@@ -1,0 +1,140 @@
+"""A trained router with everything serving needs, saved in one directory.
+
+``models/<name>/`` holds two files:
+
+- ``bundle.json``: human-readable metadata: format version, name and version, the
+  encoder id and a fingerprint of its output, the model catalog with prices, the
+  router class and its hyper-parameters, the calibrated policy, checksums of the
+  training data and the evaluation metrics;
+- ``predictors.joblib``: the fitted quality router and cost predictor.
+
+The encoder itself is referenced by id, not copied: the static encoder is distilled
+locally by ``router-ml encoders build-static`` (tens of MB), and the fingerprint makes
+loading fail loudly if the encoder found locally is not the one the router learned on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import joblib
+import numpy as np
+
+from router_ml.config import PROJECT_ROOT, get_settings
+from router_ml.embed import MINILM_ID, MiniLMEncoder, StaticEncoder
+from router_ml.features import PromptFeaturizer
+from router_ml.routers.policy import choose, choose_threshold
+
+FORMAT_VERSION = 1
+META_FILE = "bundle.json"
+PREDICTORS_FILE = "predictors.joblib"
+FINGERPRINT_TEXT = "How many prime numbers are there below one hundred?"
+STATIC_ENCODER_DIR = PROJECT_ROOT / "models" / "minilm-static"  # the default of settings.static_encoder
+
+
+class BundleError(ValueError):
+    """A bundle is missing, incomplete, or does not match the encoder found locally."""
+
+
+def load_encoder(encoder_id: str, static_dir: Path | None = None):
+    """The encoder named by ``encoder_id``: MiniLM, or the static encoder built under ``static_dir``
+    (default: ``settings.static_encoder``, $ROUTER_ML_STATIC_ENCODER)."""
+    static_dir = Path(static_dir) if static_dir is not None else get_settings().static_encoder
+    if encoder_id == MINILM_ID:
+        return MiniLMEncoder()
+    if encoder_id.startswith("minilm-static-"):
+        try:
+            encoder = StaticEncoder(static_dir)
+        except FileNotFoundError as exc:
+            raise BundleError(f"{exc} (the bundle needs encoder {encoder_id})") from exc
+        if encoder.encoder_id != encoder_id:
+            raise BundleError(f"the bundle needs encoder {encoder_id} but {static_dir} holds {encoder.encoder_id}: "
+                              f"rebuild it with `router-ml encoders build-static --out {static_dir}`")
+        return encoder
+    raise BundleError(f"unknown encoder id {encoder_id!r}")
+
+
+def fingerprint(encoder) -> list[float]:
+    return [round(float(v), 5) for v in encoder.encode([FINGERPRINT_TEXT])[0][:16]]
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass
+class Bundle:
+    """A loaded (or freshly trained) router: predicts per-model quality and cost and applies a policy."""
+
+    meta: dict
+    router: object
+    cost: object
+    encoder: object = field(repr=False, default=None)
+
+    @property
+    def models(self) -> list[str]:
+        return self.meta["models"]
+
+    @property
+    def version(self) -> str:
+        return self.meta["version"]
+
+    @cached_property
+    def featurizer(self) -> PromptFeaturizer:
+        return PromptFeaturizer(self.encoder.encode)
+
+    def predict(self, prompts: Sequence[str], input_tokens: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """(predicted quality, predicted cost), each (prompts x models)."""
+        X = self.featurizer.transform(prompts)
+        return self.router.predict(X), self.cost.predict(input_tokens)
+
+    def decide(self, quality: np.ndarray, cost: np.ndarray, lam: float | None = None,
+               threshold: float | None = None) -> np.ndarray:
+        """Model index per prompt: the quality threshold if given, else quality - lam * cost
+        (lam defaults to the bundle's calibrated value)."""
+        if threshold is not None:
+            return choose_threshold(quality, cost, threshold)
+        return choose(quality, cost, self.meta["calibration"]["parameter"] if lam is None else lam)
+
+
+def save_bundle(directory: Path, meta: dict, router, cost) -> dict:
+    """Write a bundle and return its metadata, completed with the format version, a content version
+    (name and checksum of the predictors) and the save time."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    joblib.dump({"router": router, "cost": cost}, directory / PREDICTORS_FILE, compress=3)
+    meta = {"format_version": FORMAT_VERSION, **meta}
+    meta["predictors_sha256"] = file_sha256(directory / PREDICTORS_FILE)
+    meta["version"] = f"{meta['name']}-{meta['predictors_sha256'][:12]}"
+    meta["saved_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    (directory / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    return meta
+
+
+def load_bundle(directory: Path, encoder=None, static_dir: Path | None = None) -> Bundle:
+    """Load a bundle and its encoder, checking that the files are whole and the encoder is the right one."""
+    directory = Path(directory)
+    for name in (META_FILE, PREDICTORS_FILE):
+        if not (directory / name).is_file():
+            raise BundleError(f"{directory} is not a router bundle: {name} is missing")
+    meta = json.loads((directory / META_FILE).read_text())
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise BundleError(f"{directory}: bundle format {meta.get('format_version')} is not {FORMAT_VERSION}")
+    if file_sha256(directory / PREDICTORS_FILE) != meta["predictors_sha256"]:
+        raise BundleError(f"{directory / PREDICTORS_FILE} does not match the checksum in {META_FILE}")
+    encoder = encoder or load_encoder(meta["encoder"]["id"], static_dir)
+    if not np.allclose(fingerprint(encoder), meta["encoder"]["fingerprint"], atol=1e-3):
+        raise BundleError(f"the local encoder {meta['encoder']['id']} gives other vectors than the one {directory} "
+                          "was trained with: retrain the bundle or rebuild the encoder")
+    predictors = joblib.load(directory / PREDICTORS_FILE)
+    return Bundle(meta, predictors["router"], predictors["cost"], encoder)

@@ -1,0 +1,293 @@
+"""The benchmark tracks of ``make bench``, as functions over the outcomes table.
+
+Each track trains only on prompts outside its test set and outside the test set's
+duplicate groups; every setting is chosen on a validation split of the training data.
+
+- RouteLLM: gpt-4-1106 vs Mixtral on MT-Bench, MMLU and GSM8K. Cross-source routers
+  are trained on the other four sources; the own-logs variant runs k-fold within each
+  benchmark, as a customer training on its own logs would.
+- RouterBench: 11 models, upstream train split -> test split, real USD.
+- Modern pool: ZeroEval's models, each benchmark held out in turn.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+from sklearn.linear_model import Ridge
+
+from router_ml.evaluate import apgr, cpt, pgr_curve
+from router_ml.label import outcome_matrix
+from router_ml.split import group_holdout, group_kfold
+from router_ml.train import Dataset
+
+STRONG = "gpt-4-1106-preview"
+WEAK = "mistralai/Mixtral-8x7B-Instruct-v0.1"
+# Other sources log the same two models under other names: merged for the cross-source pair router.
+PAIR_ALIASES = {"mistralai/mixtral-8x7b-chat": WEAK, "Mixtral-8x7B-Instruct-v0.1": WEAK}
+ROUTELLM_TASKS = ("mt_bench", "mmlu", "gsm8k")
+PUBLISHED = {  # RouteLLM's best router (Ong et al., 2024), trained on ~170k Arena and GPT-4-judge pairs
+    "mt_bench": {"cpt50": 0.1340, "apgr": 0.802}, "mmlu": {"cpt50": 0.354}, "gsm8k": {"cpt50": 0.336}}
+
+
+@dataclass
+class PromptFeatures:
+    """Features of every prompt of a table, computed once, looked up by prompt id."""
+
+    index: dict[str, int]
+    X: np.ndarray
+
+    @classmethod
+    def of(cls, outcomes: pl.DataFrame, featurize) -> PromptFeatures:
+        prompts = outcomes.select("prompt_id", "prompt").unique("prompt_id", maintain_order=True)
+        return cls({p: i for i, p in enumerate(prompts["prompt_id"])}, featurize(prompts["prompt"].to_list()))
+
+    def rows(self, prompt_ids) -> np.ndarray:
+        return self.X[[self.index[p] for p in prompt_ids]]
+
+
+def pair_scores_summary(strong: np.ndarray, weak: np.ndarray, scores: np.ndarray, boot: int = 0, seed: int = 0) -> dict:
+    """APGR and CPT(50%)/CPT(80%) of routing the highest scores to the strong model, with optional
+    bootstrap 95% intervals over prompts."""
+    out = {"apgr": apgr(strong, weak, scores), "cpt50": cpt(strong, weak, scores, 0.5),
+           "cpt80": cpt(strong, weak, scores, 0.8), "prompts": len(strong),
+           "pgr": [round(float(v), 4) for v in pgr_curve(strong, weak, scores)[1]]}
+    if boot:
+        rng = np.random.default_rng(seed)
+        draws = []
+        for _ in range(boot):
+            i = rng.integers(0, len(strong), len(strong))
+            if strong[i].mean() > weak[i].mean():
+                draws.append(apgr(strong[i], weak[i], scores[i]))
+        out["apgr_ci95"] = [float(np.percentile(draws, 2.5)), float(np.percentile(draws, 97.5))]
+    return out
+
+
+def difficulty_labels(rows: pl.DataFrame) -> pl.DataFrame:
+    """Per prompt, how much worse than usual the models did on it: the mean over models of
+    (quality - that model's mean quality in the same source). Learned from 2-60 models per prompt,
+    a difficulty score transfers to model pairs never logged together."""
+    means = rows.group_by("source", "model").agg(pl.col("quality").mean().alias("model_mean"))
+    return (rows.join(means, on=["source", "model"])
+            .group_by("prompt_id").agg((pl.col("quality") - pl.col("model_mean")).mean().alias("ease"),
+                                       pl.col("group_id").first()))
+
+
+def _pair(rows: pl.DataFrame, strong: str = STRONG, weak: str = WEAK):
+    matrix = outcome_matrix(rows, [strong, weak]).complete()
+    return matrix, matrix.quality[:, 0], matrix.quality[:, 1]
+
+
+def _zscore(values: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    return (values - reference.mean()) / (reference.std() + 1e-12)
+
+
+BLEND_WEIGHTS = tuple((a / 4, b / 4, 1 - (a + b) / 4) for a in range(5) for b in range(5 - a))
+
+
+def choose_blend(strong: np.ndarray, weak: np.ndarray, signals: list[np.ndarray]) -> tuple[float, ...]:
+    """Weights (summing to 1, on a grid of quarters) of z-scored signals maximizing APGR on validation."""
+    signals = [_zscore(s, s) for s in signals]
+    weights = {w[:len(signals) - 1] + (1 - sum(w[:len(signals) - 1]),) for w in BLEND_WEIGHTS}
+    return max(sorted(weights), key=lambda w: apgr(strong, weak, sum(wi * s for wi, s in zip(w, signals))))
+
+
+def blend(weights, signals: list[np.ndarray], references: list[np.ndarray]) -> np.ndarray:
+    return sum(w * _zscore(s, r) for w, s, r in zip(weights, signals, references))
+
+
+def ease_model(rows: pl.DataFrame, features: PromptFeatures, alpha: float) -> Ridge:
+    labels = difficulty_labels(rows)
+    return Ridge(alpha=alpha).fit(features.rows(labels["prompt_id"]), labels["ease"].to_numpy())
+
+
+def routellm_cross_source(outcomes: pl.DataFrame, features: PromptFeatures, alphas=(1.0, 10.0, 100.0),
+                          boot: int = 200) -> dict:
+    """Routers trained on the four other sources, scored on RouteLLM's three benchmarks.
+
+    The router blends two signals: predicted prompt difficulty (a ridge regression of
+    :func:`difficulty_labels` over every other source) and prompt length. Its alpha and
+    blend weights are chosen by APGR on a validation pair of the same two models logged by
+    RouterBench, on validation groups held out of the training data.
+    """
+    rows = outcomes.filter(pl.col("quality").is_not_null())
+    test_rows = rows.filter(pl.col("source") == "routellm")
+    train = rows.filter((pl.col("source") != "routellm") & ~pl.col("group_id").is_in(test_rows["group_id"].unique()))
+    groups = train.select("prompt_id", "group_id").unique("prompt_id")
+    fit_idx, val_idx = group_holdout(groups["group_id"].to_list(), 0.2, seed=0)
+    val_ids = groups["prompt_id"].gather(val_idx)
+    fit_rows = train.filter(~pl.col("prompt_id").is_in(val_ids))
+    val_pair = train.filter(pl.col("prompt_id").is_in(val_ids)).with_columns(pl.col("model").replace(PAIR_ALIASES))
+    val_matrix, val_strong, val_weak = _pair(val_pair)
+    X_val, len_val = features.rows(val_matrix.prompts["prompt_id"]), _lengths(val_matrix)
+    validation = {}
+    for alpha in alphas:
+        ease = -ease_model(fit_rows, features, alpha).predict(X_val)
+        weights = choose_blend(val_strong, val_weak, [ease, len_val])
+        validation[alpha] = (apgr(val_strong, val_weak, blend(weights, [ease, len_val], [ease, len_val])), weights)
+    alpha = max(validation, key=lambda a: validation[a][0])
+    weights = validation[alpha][1]
+    model = ease_model(fit_rows, features, alpha)
+    reference = [-model.predict(X_val), len_val]
+    results = {"validation": f"{STRONG} vs Mixtral as logged by RouterBench, {len(val_strong)} validation prompts",
+               "validation_apgr": {f"alpha={a:g} weights={w}": v for a, (v, w) in validation.items()},
+               "chosen": {"alpha": alpha, "weights (difficulty, length)": weights}, "tasks": {}}
+    for task in ROUTELLM_TASKS:
+        matrix, strong, weak = _pair(test_rows.filter(pl.col("task") == task))
+        lengths = _lengths(matrix)
+        signals = [-model.predict(features.rows(matrix.prompts["prompt_id"])), lengths]
+        routers = {"random": np.random.default_rng(0).random(len(strong)), "length rule": lengths,
+                   "router-ml (difficulty + length)": blend(weights, signals, reference)}
+        results["tasks"][task] = {name: pair_scores_summary(strong, weak, s, boot if task == "mt_bench" else 0)
+                                  for name, s in routers.items()}
+        results["tasks"][task]["published RouteLLM"] = PUBLISHED[task]
+    return results
+
+
+def _lengths(matrix) -> np.ndarray:
+    return matrix.prompts["prompt"].str.len_chars().to_numpy().astype(float)
+
+
+def routellm_own_logs(outcomes: pl.DataFrame, features: PromptFeatures, k: int = 5, alpha: float = 100.0,
+                      ease_alpha: float = 10.0, boot: int = 200) -> dict:
+    """k-fold by duplicate group within each RouteLLM benchmark, as a customer training on its own logs.
+
+    Per fold, three signals are blended with weights chosen on an inner validation split of
+    the training folds: a ridge regression of the strong model's gain (strong - weak) on
+    prompt features, the predicted difficulty learned from every public outcome outside the
+    test fold's groups (other models' results on the training folds' questions included),
+    and prompt length.
+    """
+    rows = outcomes.filter(pl.col("quality").is_not_null())
+    results = {}
+    for task in ROUTELLM_TASKS:
+        matrix, strong, weak = _pair(rows.filter((pl.col("source") == "routellm") & (pl.col("task") == task)))
+        X, lengths = features.rows(matrix.prompts["prompt_id"]), _lengths(matrix)
+        gain = strong - weak
+        groups = matrix.prompts["group_id"].to_list()
+        scores = np.empty(len(gain))
+        chosen = []
+        for train_idx, test_idx in group_kfold(groups, k, seed=0):
+            test_groups = {groups[i] for i in test_idx}
+            inner_fit, inner_val = (train_idx[i] for i in group_holdout([groups[i] for i in train_idx], 0.2, seed=1))
+            outside = rows.filter(~pl.col("group_id").is_in(test_groups))
+            ease = ease_model(outside, features, ease_alpha)
+            ease_fit = ease_model(outside.filter(~pl.col("group_id").is_in({groups[i] for i in inner_val})),
+                                  features, ease_alpha)
+            gain_fit = Ridge(alpha=alpha).fit(X[inner_fit], gain[inner_fit])
+            val_signals = [gain_fit.predict(X[inner_val]), -ease_fit.predict(X[inner_val]), lengths[inner_val]]
+            weights = choose_blend(strong[inner_val], weak[inner_val], val_signals)
+            chosen.append(weights)
+            gain_all = Ridge(alpha=alpha).fit(X[train_idx], gain[train_idx])
+            train_signals = [gain_all.predict(X[train_idx]), -ease.predict(X[train_idx]), lengths[train_idx]]
+            test_signals = [gain_all.predict(X[test_idx]), -ease.predict(X[test_idx]), lengths[test_idx]]
+            scores[test_idx] = blend(weights, test_signals, train_signals)
+        results[task] = {
+            "router-ml (gain + difficulty + length, out-of-fold)": pair_scores_summary(strong, weak, scores, boot),
+            "length rule": pair_scores_summary(strong, weak, lengths, boot),
+            "weights chosen per fold (gain, difficulty, length)": chosen,
+        }
+    return results
+
+
+def pool_experiment(fit: Dataset, val: Dataset, test: Dataset, kinds=("linear", "lgbm", "mf"), n_trials: int = 6,
+                    quality_share: float = 0.95, seed: int = 0, baselines: dict | None = None) -> dict:
+    """Train each router kind (optuna on validation), calibrate its policy on validation to keep
+    ``quality_share`` of the best single model, and score it on test. The headline router is the
+    one that closes most of the zero-router-to-oracle gap on VALIDATION.
+
+    ``baselines`` maps a name to fixed (validation, test) predicted-quality matrices (e.g. the
+    task-name-only router) that go through the same policy and scoring.
+    """
+    from router_ml.evaluate import curve_summary, hull, oracle_curve, single_model_points
+    from router_ml.routers.policy import calibrate, operating_curve, target_report
+    from router_ml.train import brier, complete_rows, fit_cost, make_router, search
+
+    val, test = complete_rows(val), complete_rows(test)
+    cost = fit_cost(fit)
+    val_cost, test_cost = cost.predict(val.input_tokens), cost.predict(test.input_tokens)
+    predictions = dict(baselines or {})
+    params = {}
+    for kind in kinds:
+        best, _ = search(kind, fit, val, n_trials, seed)
+        router = make_router(kind, **best).fit(fit.X, fit.matrix.quality)
+        predictions[kind] = (router.predict(val.X), router.predict(test.X))
+        params[kind] = best
+    results = {}
+    for name, (val_q, test_q) in predictions.items():
+        _, vc, vq = operating_curve(val_q, val_cost, val.matrix.quality, val.matrix.cost)
+        validation = curve_summary(vc, vq, val.matrix.quality, val.matrix.cost)
+        calibration = calibrate(val_q, val_cost, val.matrix.quality, val.matrix.cost, "quality_share", quality_share)
+        _, tc, tq = operating_curve(test_q, test_cost, test.matrix.quality, test.matrix.cost)
+        results[name] = {
+            "params": params.get(name, {}),
+            "validation_gap_closed": validation["gap_closed"],
+            "test": {"brier": brier(test_q, test.matrix.quality),
+                     **curve_summary(tc, tq, test.matrix.quality, test.matrix.cost, test.matrix.models)},
+            "calibrated": target_report(calibration, test_q, test_cost, test.matrix.quality, test.matrix.cost),
+            "curve": {"costs": tc.tolist(), "qualities": tq.tolist()},
+        }
+    headline = max(kinds, key=lambda k: results[k]["validation_gap_closed"])
+    single_costs, single_qualities = single_model_points(test.matrix.quality, test.matrix.cost)
+    return {"headline": headline, "routers": results,
+            "prompts": {"fit": len(fit), "validation": len(val), "test": len(test)},
+            "singles": {m: (float(c), float(q)) for m, c, q in zip(test.matrix.models, single_costs, single_qualities)},
+            "oracle": [h.tolist() for h in hull(*oracle_curve(test.matrix.quality, test.matrix.cost))]}
+
+
+def task_only_predictions(fit: Dataset, *others: Dataset) -> list[np.ndarray]:
+    """The task-name-only router: each model's mean training quality on the prompt's task."""
+    tasks = fit.matrix.prompts["task"].to_numpy()
+    means = {t: np.nanmean(fit.matrix.quality[tasks == t], axis=0) for t in set(tasks)}
+    overall = np.nanmean(fit.matrix.quality, axis=0)
+    return [np.array([means.get(t, overall) for t in d.matrix.prompts["task"].to_numpy()]) for d in others]
+
+
+def routerbench(outcomes: pl.DataFrame, featurize, kinds=("linear", "lgbm", "mf"), n_trials: int = 6) -> dict:
+    """RouterBench's 11 models: its train split (minus any duplicate of a test prompt) -> its test split."""
+    from router_ml.train import build_dataset, complete_rows
+
+    rows = outcomes.filter((pl.col("source") == "routerbench") & pl.col("quality").is_not_null())
+    data = complete_rows(build_dataset(rows, sorted(rows["model"].unique().to_list()), featurize))
+    split_label = data.matrix.prompts["split"].to_numpy()
+    test = data.take(np.nonzero(split_label == "test")[0])
+    test_groups = set(test.groups)
+    train = data.take(np.array([i for i, (s, g) in enumerate(zip(split_label, data.groups))
+                                if s == "train" and g not in test_groups]))
+    fit_idx, val_idx = group_holdout(train.groups, 0.2, seed=1)
+    fit, val = train.take(fit_idx), train.take(val_idx)
+    task_val, task_test = task_only_predictions(fit, val, test)
+    result = pool_experiment(fit, val, test, kinds, n_trials, baselines={"task name only": (task_val, task_test)})
+    gpt4 = test.matrix.models.index(STRONG)
+    gpt4_quality = float(test.matrix.quality[:, gpt4].mean())
+    from router_ml.evaluate import cost_at_quality
+
+    result["gpt4"] = {"quality": gpt4_quality, "cost": float(test.matrix.cost[:, gpt4].mean())}
+    for entry in result["routers"].values():
+        entry["test"]["cost_at_gpt4_quality"] = cost_at_quality(entry["curve"]["costs"], entry["curve"]["qualities"],
+                                                                gpt4_quality)
+    return result
+
+
+def modern_pool(outcomes: pl.DataFrame, featurize, kinds=("linear", "lgbm", "mf"), n_trials: int = 6) -> dict:
+    """ZeroEval's models that answered every benchmark; each benchmark held out in turn, trained on
+    the others (minus duplicates of the held-out prompts)."""
+    from router_ml.train import build_dataset, complete_rows
+
+    rows = outcomes.filter((pl.col("source") == "zeroeval") & pl.col("quality").is_not_null())
+    tasks = sorted(rows["task"].unique().to_list())
+    coverage = rows.group_by("model").agg(pl.col("task").n_unique().alias("tasks"))
+    models = sorted(coverage.filter(pl.col("tasks") == len(tasks))["model"].to_list())
+    data = complete_rows(build_dataset(rows, models, featurize))
+    task_of = data.matrix.prompts["task"].to_numpy()
+    results = {"models": models, "held_out": {}}
+    for task in tasks:
+        test = data.take(np.nonzero(task_of == task)[0])
+        test_groups = set(test.groups)
+        train = data.take(np.array([i for i, (t, g) in enumerate(zip(task_of, data.groups))
+                                    if t != task and g not in test_groups]))
+        fit_idx, val_idx = group_holdout(train.groups, 0.2, seed=1)
+        results["held_out"][task] = pool_experiment(train.take(fit_idx), train.take(val_idx), test, kinds, n_trials)
+    return results

@@ -1,0 +1,262 @@
+"""The training pipeline, as functions a notebook can call one by one.
+
+outcomes -> pool of models -> (prompts x models) matrices -> features -> group-aware
+train / validation / test split -> optuna search on validation -> fit -> calibrate
+the policy on validation -> evaluate on test -> bundle.
+
+Every setting (hyper-parameters, the policy's cost weight) is chosen on validation
+data split from the training data; the test split is only ever scored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from router_ml.label import OutcomeMatrix, outcome_matrix
+from router_ml.progress import Progress
+from router_ml.routers.cost import CostPredictor
+from router_ml.split import group_holdout
+
+ROUTER_KINDS = ("mean", "knn", "linear", "lgbm", "mf", "stack")
+SEARCHABLE = ("knn", "linear", "lgbm", "mf")
+
+
+@dataclass
+class Dataset:
+    """An outcome matrix with the features and input-token count of each of its prompts."""
+
+    matrix: OutcomeMatrix
+    X: np.ndarray
+    input_tokens: np.ndarray
+
+    def take(self, rows: np.ndarray) -> Dataset:
+        return Dataset(self.matrix.take(rows), self.X[rows], self.input_tokens[rows])
+
+    @property
+    def groups(self) -> list[str]:
+        return self.matrix.prompts["group_id"].to_list()
+
+    def __len__(self) -> int:
+        return len(self.X)
+
+
+@dataclass
+class TrainConfig:
+    """What to train. ``models`` empty means every model with at least ``min_prompts`` outcomes."""
+
+    name: str = "router"
+    router: str = "mf"
+    sources: list[str] = field(default_factory=list)
+    tasks: list[str] = field(default_factory=list)
+    models: list[str] = field(default_factory=list)
+    min_prompts: int = 200
+    test_fraction: float = 0.2
+    validation_fraction: float = 0.2
+    n_trials: int = 10
+    quality_share: float = 0.95
+    seed: int = 0
+
+
+def select_outcomes(outcomes: pl.DataFrame, config: TrainConfig) -> tuple[pl.DataFrame, list[str]]:
+    """The rows of the configured sources, tasks and models, and the model pool (sorted)."""
+    rows = outcomes.filter(pl.col("quality").is_not_null())
+    if config.sources:
+        rows = rows.filter(pl.col("source").is_in(config.sources))
+    if config.tasks:
+        rows = rows.filter(pl.col("task").is_in(config.tasks))
+    if config.models:
+        missing = sorted(set(config.models) - set(rows["model"].unique().to_list()))
+        if missing:
+            raise ValueError(f"models without outcomes in the selected data: {', '.join(missing)}")
+        models = sorted(config.models)
+    else:
+        counts = rows.group_by("model").len().filter(pl.col("len") >= config.min_prompts)
+        models = sorted(counts["model"].to_list())
+    if len(models) < 2:
+        raise ValueError(f"a router needs at least two models; the selection has {models}")
+    return rows.filter(pl.col("model").is_in(models)), models
+
+
+def build_dataset(rows: pl.DataFrame, models: list[str], featurize, progress: Progress | None = None) -> Dataset:
+    """Pivot ``rows`` into a matrix over ``models`` and compute each prompt's features with ``featurize``."""
+    progress = progress or Progress()
+    matrix = outcome_matrix(rows, models)
+    tokens = rows.group_by("prompt_id").agg(pl.col("input_tokens").median())
+    tokens = matrix.prompts.select("prompt_id").join(tokens, on="prompt_id", how="left")["input_tokens"].to_numpy()
+    progress.stage("features", len(matrix.prompts))
+    X = featurize(matrix.prompts["prompt"].to_list())
+    progress.advance(len(matrix.prompts))
+    return Dataset(matrix, X, np.asarray(tokens, dtype=float))
+
+
+def split(data: Dataset, config: TrainConfig) -> tuple[Dataset, Dataset, Dataset | None]:
+    """(train, validation, test) by duplicate group; test is None when ``test_fraction`` is 0."""
+    test = None
+    if config.test_fraction:
+        keep, held = group_holdout(data.groups, config.test_fraction, seed=config.seed)
+        data, test = data.take(keep), data.take(held)
+    fit_rows, val_rows = group_holdout(data.groups, config.validation_fraction, seed=config.seed + 1)
+    return data.take(fit_rows), data.take(val_rows), test
+
+
+def make_router(kind: str, **params):
+    """A fresh (unfitted) quality router of the given kind."""
+    from router_ml import routers
+
+    if kind not in ROUTER_KINDS:
+        raise ValueError(f"unknown router kind {kind!r}; choose one of {', '.join(ROUTER_KINDS)}")
+    if kind == "stack":
+        bases = [("mf", routers.MatrixFactorizationRouter()), ("linear", routers.LinearQualityRouter(alpha=100.0)),
+                 ("knn", routers.KNNQualityRouter(n_neighbors=40))]
+        return routers.StackedQualityRouter(bases, **params)
+    classes = {"mean": "MeanQualityRouter", "knn": "KNNQualityRouter", "linear": "LinearQualityRouter",
+               "lgbm": "LightGBMQualityRouter", "mf": "MatrixFactorizationRouter"}
+    return getattr(routers, classes[kind])(**params)
+
+
+def search_space(kind: str, trial) -> dict:
+    """Hyper-parameters optuna may try for each router kind."""
+    if kind == "knn":
+        return {"n_neighbors": trial.suggest_int("n_neighbors", 5, 200, log=True),
+                "prior_weight": trial.suggest_float("prior_weight", 0.5, 20, log=True)}
+    if kind == "linear":
+        return {"alpha": trial.suggest_float("alpha", 0.1, 1000, log=True)}
+    if kind == "lgbm":
+        return {"n_estimators": trial.suggest_int("n_estimators", 50, 400, log=True),
+                "learning_rate": trial.suggest_float("learning_rate", 0.01, 0.2, log=True),
+                "num_leaves": trial.suggest_int("num_leaves", 4, 31, log=True),
+                "min_child_samples": trial.suggest_int("min_child_samples", 10, 100, log=True)}
+    if kind == "mf":
+        return {"n_factors": trial.suggest_int("n_factors", 4, 64, log=True),
+                "weight_decay": trial.suggest_float("weight_decay", 1e-6, 1e-2, log=True),
+                "epochs": trial.suggest_int("epochs", 5, 40, log=True)}
+    return {}
+
+
+def brier(predicted: np.ndarray, truth: np.ndarray) -> float:
+    """Mean squared error over the known cells."""
+    known = ~np.isnan(truth)
+    return float(np.mean((predicted[known] - truth[known]) ** 2))
+
+
+def search(kind: str, fit: Dataset, val: Dataset, n_trials: int, seed: int = 0, progress: Progress | None = None):
+    """Optuna search of ``kind``'s hyper-parameters, minimizing validation Brier score.
+
+    Returns (best params, study). Kinds without a search space return ({}, None).
+    """
+    progress = progress or Progress()
+    if n_trials <= 0 or kind not in SEARCHABLE:
+        return {}, None
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="minimize", sampler=optuna.samplers.TPESampler(seed=seed))
+    progress.stage(f"optuna search ({kind})", n_trials)
+
+    def objective(trial) -> float:
+        router = make_router(kind, **search_space(kind, trial)).fit(fit.X, fit.matrix.quality)
+        return brier(router.predict(val.X), val.matrix.quality)
+
+    study.optimize(objective, n_trials=n_trials, callbacks=[lambda study, trial: progress.advance(1)])
+    return study.best_params, study
+
+
+def fit_cost(data: Dataset) -> CostPredictor:
+    return CostPredictor().fit(data.input_tokens, data.matrix.cost)
+
+
+def catalog(models: list[str]) -> list[dict]:
+    """Each model with its list prices (USD per million tokens), as priced for the outcomes table."""
+    from router_ml.pricing import UnknownModelError, price_of
+
+    entries = []
+    for model in models:
+        try:
+            price = price_of(model)
+            entries.append({"model": model, "input_usd_per_mtok": float(price.input_usd_per_mtok),
+                            "output_usd_per_mtok": float(price.output_usd_per_mtok), "price_origin": price.origin})
+        except UnknownModelError:
+            entries.append({"model": model, "input_usd_per_mtok": None, "output_usd_per_mtok": None})
+    return entries
+
+
+def default_output_dir(name: str) -> Path:
+    from router_ml.config import PROJECT_ROOT
+
+    return PROJECT_ROOT / "models" / name
+
+
+def complete_rows(data: Dataset) -> Dataset:
+    """The prompts with a known quality and cost for every model (where curves can be scored)."""
+    keep = ~(np.isnan(data.matrix.quality).any(axis=1) | np.isnan(data.matrix.cost).any(axis=1))
+    return data.take(np.nonzero(keep)[0])
+
+
+def score(router, cost: CostPredictor, data: Dataset, calibration=None) -> dict:
+    """Test metrics of a fitted router on ``data``'s complete rows: the curve summary beside the
+    baselines and, given a calibration, how well its target held."""
+    from router_ml.evaluate import curve_summary
+    from router_ml.routers.policy import operating_curve, target_report
+
+    data = complete_rows(data)
+    if len(data) == 0:
+        raise ValueError("no prompt has outcomes for every model of the pool: cannot score a curve")
+    pred_q, pred_c = router.predict(data.X), cost.predict(data.input_tokens)
+    _, costs, qualities = operating_curve(pred_q, pred_c, data.matrix.quality, data.matrix.cost)
+    summary = curve_summary(costs, qualities, data.matrix.quality, data.matrix.cost)
+    metrics = {"prompts": len(data), "brier": brier(pred_q, data.matrix.quality), **summary}
+    if calibration is not None:
+        metrics["target"] = target_report(calibration, pred_q, pred_c, data.matrix.quality, data.matrix.cost)
+    return {"metrics": metrics, "curve": {"costs": costs.tolist(), "qualities": qualities.tolist()}}
+
+
+@dataclass
+class TrainResult:
+    bundle_dir: Path
+    meta: dict
+    router: object
+    cost: CostPredictor
+    test: dict | None
+
+
+def run(config: TrainConfig, outcomes: pl.DataFrame, encoder, out_dir: Path, progress: Progress | None = None,
+        data_checksums: dict | None = None) -> TrainResult:
+    """The whole pipeline: select, featurize, split, search, fit, calibrate, score, bundle."""
+    from dataclasses import asdict
+
+    from router_ml.bundle import fingerprint, save_bundle
+    from router_ml.features import PromptFeaturizer
+    from router_ml.routers.policy import calibrate
+
+    progress = progress or Progress()
+    rows, models = select_outcomes(outcomes, config)
+    data = build_dataset(rows, models, PromptFeaturizer(encoder.encode).transform, progress)
+    fit, val, test = split(data, config)
+    params, _ = search(config.router, fit, val, config.n_trials, config.seed, progress)
+    progress.stage(f"fit {config.router}", 1)
+    router = make_router(config.router, **params).fit(fit.X, fit.matrix.quality)
+    cost = fit_cost(fit)
+    progress.advance(1)
+    val_complete = complete_rows(val)
+    calibration = calibrate(router.predict(val_complete.X), cost.predict(val_complete.input_tokens),
+                            val_complete.matrix.quality, val_complete.matrix.cost, "quality_share",
+                            config.quality_share)
+    scored = score(router, cost, test, calibration) if test is not None and len(complete_rows(test)) else None
+    meta = {
+        "name": config.name,
+        "config": asdict(config),
+        "encoder": {"id": encoder.encoder_id, "fingerprint": fingerprint(encoder)},
+        "models": models,
+        "catalog": catalog(models),
+        "router": {"kind": config.router, "class": type(router).__name__, "params": params},
+        "calibration": asdict(calibration),
+        "data": {"prompts": {"fit": len(fit), "validation": len(val), "test": len(test) if test else 0},
+                 "outcomes": rows.height, **(data_checksums or {})},
+        "metrics": scored["metrics"] if scored else {},
+    }
+    meta = save_bundle(out_dir, meta, router, cost)
+    return TrainResult(Path(out_dir), meta, router, cost, scored)
