@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 MIRROR ?= $(wildcard ../shared/datasets)
 MIRROR_ENV := $(if $(MIRROR),ROUTER_ML_DATA_MIRROR=$(abspath $(MIRROR)))
 
-.PHONY: install run test bench clean
+.PHONY: install run test bench default-bundle clean
 
 install: $(STAMP)
 
@@ -25,9 +25,19 @@ run: install
 test: install
 	$(MIRROR_ENV) $(BIN)/python -m pytest
 
-# Benchmarks (in progress: decision latency so far); results in benchmarks/results/.
-bench: install
-	$(MIRROR_ENV) $(BIN)/python benchmarks/decision_latency.py
+# Benchmarks: routing quality (four tracks) and decision latency; results, REPORT.md and PNGs in benchmarks/results/.
+bench: install data/outcomes.parquet
+	@start=$$(date +%s); \
+	$(MIRROR_ENV) $(BIN)/python benchmarks/routing_quality.py && \
+	$(MIRROR_ENV) $(BIN)/python benchmarks/decision_latency.py && \
+	echo "make bench: $$(( $$(date +%s) - start )) s in all"
+
+data/outcomes.parquet:
+	$(MAKE) run
+
+# The default router bundle shipped in models/default, rebuilt from the public data.
+default-bundle: install data/outcomes.parquet
+	$(BIN)/router-ml train --name default --router linear --source zeroeval --min-prompts 2800 --trials 8
 
 clean:
 	rm -rf $(VENV) data .pytest_cache

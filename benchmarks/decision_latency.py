@@ -1,4 +1,6 @@
-"""Routing decision latency in-process: one prompt at a time, encoder + kNN predictor + cost policy.
+"""Routing decision latency in-process: one prompt at a time, encoder + predictor + cost policy.
+
+Also loads the default bundle (models/default) and times its decisions as the server makes them.
 
 Trains a kNN quality router on RouteLLM's MMLU and GSM8K prompts (gpt-4-1106 vs
 Mixtral, real outcomes) and times `route(prompt)` on held-out prompts, per encoder.
@@ -27,6 +29,7 @@ from router_ml.split import group_holdout
 
 RESULTS = PROJECT_ROOT / "benchmarks" / "results"
 STATIC = PROJECT_ROOT / "models" / "minilm-static"
+DEFAULT_BUNDLE = PROJECT_ROOT / "models" / "default"
 CALLS = {"minilm-l6-v2": 300, "minilm-static-256": 3000}
 
 
@@ -64,6 +67,34 @@ def measure(encoder, matrix, calls: int) -> dict:
             "mean_ms": round(float(timings.mean()), 3)}
 
 
+def measure_bundle(bundle_dir, prompts: list[str], calls: int) -> dict:
+    """One decision as the server makes it: load the bundle, then per prompt count tokens, featurize,
+    predict every model's quality and cost, and apply the calibrated policy."""
+    from router_ml.bundle import load_bundle
+    from router_ml.tokens import count_tokens
+
+    started = time.perf_counter()
+    bundle = load_bundle(bundle_dir)
+    load_s = time.perf_counter() - started
+
+    def route(prompt: str) -> int:
+        quality, cost = bundle.predict([prompt], [count_tokens(prompt)])
+        return int(bundle.decide(quality, cost)[0])
+
+    for prompt in prompts[:20]:  # warm up
+        route(prompt)
+    timings = []
+    for prompt in prompts[:calls]:
+        started = time.perf_counter()
+        route(prompt)
+        timings.append((time.perf_counter() - started) * 1000)
+    timings = np.array(timings)
+    return {"encoder": bundle.meta["encoder"]["id"], "bundle": bundle.version, "models": len(bundle.models),
+            "router": bundle.meta["router"]["class"], "calls": len(timings), "load_s": round(load_s, 3),
+            "p50_ms": round(float(np.percentile(timings, 50)), 3), "p99_ms": round(float(np.percentile(timings, 99)), 3),
+            "mean_ms": round(float(timings.mean()), 3)}
+
+
 def main() -> None:
     started = time.perf_counter()
     if not (STATIC / "model.safetensors").is_file():
@@ -71,14 +102,19 @@ def main() -> None:
     matrix = _matrix()
     results = [measure(encoder, matrix, CALLS[encoder.encoder_id])
                for encoder in (StaticEncoder(STATIC), MiniLMEncoder())]
+    bundle = measure_bundle(DEFAULT_BUNDLE, matrix.prompts["prompt"].to_list(), 3000)
     report = {"benchmark": "decision_latency", "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
               "router": "kNN (k=50) quality router + lambda policy, gpt-4-1106 vs Mixtral", "results": results,
+              "default_bundle": bundle,
               "runtime_s": round(time.perf_counter() - started, 1)}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "decision_latency.json").write_text(json.dumps(report, indent=2) + "\n")
     for r in results:
         print(f"{r['encoder']:>18}: p50 {r['p50_ms']:.3f} ms, p99 {r['p99_ms']:.3f} ms over {r['calls']} decisions "
               f"(kNN over {r['train_prompts']} prompts)")
+    print(f"default bundle {bundle['bundle']} ({bundle['router']}, {bundle['models']} models, {bundle['encoder']}): "
+          f"loads in {bundle['load_s']} s; decision p50 {bundle['p50_ms']:.3f} ms, p99 {bundle['p99_ms']:.3f} ms "
+          "(token count, features, predictions, policy)")
     print(f"decision latency benchmark: {report['runtime_s']} s -> {RESULTS / 'decision_latency.json'}")
 
 

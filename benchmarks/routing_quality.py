@@ -18,7 +18,7 @@ import numpy as np
 import polars as pl
 
 from router_ml import tracks
-from router_ml.bundle import STATIC_ENCODER_DIR
+from router_ml.bundle import json_safe
 from router_ml.config import PROJECT_ROOT, get_settings
 from router_ml.embed import StaticEncoder, build_static_encoder
 from router_ml.features import PromptFeaturizer
@@ -82,9 +82,11 @@ def main() -> None:
     if not Path(outcomes_path).is_file():
         sys.exit(f"no outcomes table at {outcomes_path}: run `make run` (router-ml datasets prepare) first")
     outcomes = pl.read_parquet(outcomes_path, columns=COLUMNS)
-    if not (STATIC_ENCODER_DIR / "model.safetensors").is_file():
-        build_static_encoder(STATIC_ENCODER_DIR)
-    featurize = PromptFeaturizer(StaticEncoder(STATIC_ENCODER_DIR).encode).transform
+    static_dir = get_settings().static_encoder
+    if not (static_dir / "model.safetensors").is_file():
+        build_static_encoder(static_dir)
+    encoder = StaticEncoder(static_dir)
+    featurize = PromptFeaturizer(encoder.encode).transform
     features = tracks.PromptFeatures.of(outcomes, featurize)
     print(f"features of {len(features.index):,} prompts in {time.perf_counter() - started:.0f} s", flush=True)
 
@@ -100,18 +102,12 @@ def main() -> None:
 
     RESULTS.mkdir(parents=True, exist_ok=True)
     pngs = write_plots(results)
-    report = {"benchmark": "routing_quality", "encoder": StaticEncoder(STATIC_ENCODER_DIR).encoder_id,
+    report = {"benchmark": "routing_quality", "encoder": encoder.encoder_id,
               "outcomes_rows": outcomes.height, "track_seconds": timings, "results": results, "plots": pngs,
               "runtime_s": round(time.perf_counter() - started, 1)}
-    (RESULTS / "routing_quality.json").write_text(json.dumps(report, indent=1, default=_json_default) + "\n")
+    (RESULTS / "routing_quality.json").write_text(json.dumps(json_safe(report), indent=1, allow_nan=False) + "\n")
     (RESULTS / "REPORT.md").write_text("\n".join(markdown(report)) + "\n")
     print(f"routing quality benchmark: {report['runtime_s']} s -> {RESULTS / 'REPORT.md'}")
-
-
-def _json_default(value):
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    return str(value)
 
 
 def write_plots(results: dict) -> list[str]:

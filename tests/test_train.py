@@ -33,8 +33,10 @@ from router_ml.routers.policy import choose
 from router_ml.train import (
     TrainConfig,
     build_dataset,
+    fit_cost,
     make_router,
     run,
+    score,
     search,
     select_outcomes,
     split,
@@ -230,7 +232,7 @@ def test_run_writes_a_complete_bundle(trained, encoder, stages, outcomes):
     assert all(n > 0 for n in data["prompts"].values())
 
     metrics = meta["metrics"]
-    assert trained.test is not None and trained.test["metrics"] == metrics
+    assert trained.test is not None and json.loads(json.dumps(trained.test["metrics"])) == metrics
     assert metrics["prompts"] == data["prompts"]["test"]  # every LLMRouter prompt has all 9 outcomes
     for key in ("aiq", "zero_aiq", "oracle_aiq", "gap_closed", "brier"):
         assert math.isfinite(metrics[key])
@@ -244,14 +246,19 @@ def test_run_writes_a_complete_bundle(trained, encoder, stages, outcomes):
     assert len(curve["costs"]) == len(curve["qualities"]) >= 2
 
 
-def test_run_without_complete_test_rows_has_no_metrics(outcomes, encoder, tmp_path):
-    # RouteLLM and ZeroEval share no model, so no prompt has an outcome for all five.
+def test_a_pool_that_never_answered_the_same_prompts_cannot_be_calibrated(outcomes, encoder, tmp_path):
+    # RouteLLM and ZeroEval share no model: no prompt has an outcome for all five models of the pool.
     config = TrainConfig(name="sparse", router="mean", sources=["routellm", "zeroeval"], min_prompts=50)
     rows, models = select_outcomes(outcomes, config)
     assert len(models) == 5
-    result = run(config, rows, encoder, tmp_path / "sparse")
-    # No complete row anywhere: calibration on validation cannot be scored either.
-    assert result.test is None and result.meta["metrics"] == {}
+    with pytest.raises(ValueError, match="cannot calibrate"):
+        run(config, outcomes, encoder, tmp_path / "sparse")
+    assert not (tmp_path / "sparse").exists()  # no bundle with a meaningless policy
+
+    data = build_dataset(rows, models, no_features)
+    router = make_router("mean").fit(data.X, data.matrix.quality)
+    with pytest.raises(ValueError, match="no prompt has outcomes for every model"):
+        score(router, fit_cost(data), data)
 
 
 # --- the bundle -----------------------------------------------------------------------------------------------
@@ -380,7 +387,8 @@ def test_log_training_registers_new_versions(trained, outcomes, encoder, tmp_pat
 @pytest.fixture
 def cli_env(tmp_path, static_encoder_dir, monkeypatch):
     monkeypatch.setenv("ROUTER_ML_MLFLOW_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    monkeypatch.setenv("ROUTER_ML_MLFLOW_ARTIFACTS", str(tmp_path / "artifacts"))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("ROUTER_ML_MLFLOW_ARTIFACTS", "artifacts")  # relative to the working directory
     monkeypatch.setenv("ROUTER_ML_STATIC_ENCODER", str(static_encoder_dir))
     get_settings.cache_clear()
     yield tmp_path
@@ -402,6 +410,8 @@ def test_train_then_evaluate_from_the_command_line(cli_env, outcomes_file):
     assert f"bundle {meta['version']} written to" in result.output
     assert "registered model 't' version 1" in result.output
     assert "aiq" in result.output  # the test metrics table
+    logged = list((cli_env / "artifacts").rglob(f"bundle/{META_FILE}"))
+    assert len(logged) == 1 and json.loads(logged[0].read_text()) == meta
 
     report = cli_env / "report"
     result = _invoke("evaluate", "--bundle", str(out), "--outcomes", str(outcomes_file), "--out", str(report))
@@ -416,7 +426,7 @@ def test_train_then_evaluate_from_the_command_line(cli_env, outcomes_file):
 
 def test_train_without_outcomes_names_the_path(cli_env):
     missing = cli_env / "absent.parquet"
-    result = _invoke("train", "--name", "t", "--router", "linear", "--outcomes", str(missing), "--no-mlflow")
+    result = _invoke("train", "--name", "t", "--router", "linear", "--outcomes", str(missing))
     assert result.exit_code == 1
     assert str(missing) in result.output and "router-ml datasets prepare" in result.output
     assert not (cli_env / "mlflow.db").exists()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -107,9 +108,23 @@ class Bundle:
         return choose(quality, cost, self.meta["calibration"]["parameter"] if lam is None else lam)
 
 
+def json_safe(value):
+    """``value`` with numpy numbers as Python numbers, tuples as lists, and inf / NaN as None, so that
+    strict JSON readers accept it (an unreachable target or an empty gap shows as null)."""
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if hasattr(value, "tolist"):
+        return json_safe(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
 def save_bundle(directory: Path, meta: dict, router, cost) -> dict:
     """Write a bundle and return its metadata, completed with the format version, a content version
-    (name and checksum of the predictors) and the save time."""
+    (name and checksum of the predictors) and the save time, as written (JSON types: lists, not tuples)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     joblib.dump({"router": router, "cost": cost}, directory / PREDICTORS_FILE, compress=3)
@@ -117,8 +132,9 @@ def save_bundle(directory: Path, meta: dict, router, cost) -> dict:
     meta["predictors_sha256"] = file_sha256(directory / PREDICTORS_FILE)
     meta["version"] = f"{meta['name']}-{meta['predictors_sha256'][:12]}"
     meta["saved_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    (directory / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-    return meta
+    text = json.dumps(json_safe(meta), indent=2, sort_keys=True, allow_nan=False) + "\n"
+    (directory / META_FILE).write_text(text)
+    return json.loads(text)
 
 
 def load_bundle(directory: Path, encoder=None, static_dir: Path | None = None) -> Bundle:

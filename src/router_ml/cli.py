@@ -262,7 +262,7 @@ def evaluate_command(
     """Score a bundle on its own held-out test split: curve, AIQ, gap closed, savings, target check; PNG plots."""
     import json
 
-    from router_ml.bundle import load_bundle
+    from router_ml.bundle import json_safe, load_bundle
     from router_ml.evaluate import oracle_curve, single_model_points
     from router_ml.features import PromptFeaturizer
     from router_ml.plots import plot_cost_quality
@@ -281,7 +281,7 @@ def evaluate_command(
     scored = score(loaded.router, loaded.cost, test, Calibration(**loaded.meta["calibration"]))
     out = out or Path("reports") / loaded.meta["name"]
     out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(scored, indent=2) + "\n")
+    (out / "metrics.json").write_text(json.dumps(json_safe(scored), indent=2, allow_nan=False) + "\n")
     matrix = complete_rows(test).matrix
     singles = dict(zip(models, zip(*single_model_points(matrix.quality, matrix.cost))))
     curves = {loaded.meta["router"]["kind"]: (scored["curve"]["costs"], scored["curve"]["qualities"])}

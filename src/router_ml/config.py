@@ -26,7 +26,7 @@ class Settings(BaseSettings):
     cache_dir: Path = _default_cache_dir()
     """Downloaded dataset files and embeddings live here (never inside a read-only mirror)."""
     manifest: Path = PROJECT_ROOT / "datasets" / "manifest.tsv"
-    outcomes_path: Path = Path("data") / "outcomes.parquet"
+    outcomes_path: Path = PROJECT_ROOT / "data" / "outcomes.parquet"
     github_raw_base: str = "https://raw.githubusercontent.com"
     mlflow_uri: str = f"sqlite:///{PROJECT_ROOT / 'mlruns' / 'mlflow.db'}"
     """MLflow tracking store: a local SQLite file by default."""

@@ -21,10 +21,15 @@ MINILM_ID = "minilm-l6-v2"
 STATIC_DIMS = 256
 
 
-def _offline() -> None:
-    """Never reach a model hub; keep transformers' own load reports and bars off our output."""
+def _no_hub() -> None:
+    """Never reach a model hub."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def _offline() -> None:
+    """Never reach a model hub; keep transformers' own load reports and bars off our output."""
+    _no_hub()
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.set_verbosity_error()
@@ -78,7 +83,7 @@ class StaticEncoder:
 
     @cached_property
     def _model(self):
-        _offline()
+        _no_hub()  # not _offline(): loading a static model needs no transformers (2-3 s of imports)
         from model2vec import StaticModel
 
         return StaticModel.from_pretrained(self.path, force_download=False)

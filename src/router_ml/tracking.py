@@ -36,7 +36,8 @@ def _connect(tracking_uri: str, artifact_root: Path | None):
     logging.getLogger("alembic").setLevel(logging.WARNING)
     mlflow.set_tracking_uri(tracking_uri)
     if mlflow.get_experiment_by_name(EXPERIMENT) is None:
-        mlflow.create_experiment(EXPERIMENT, artifact_location=artifact_root.as_uri() if artifact_root else None)
+        mlflow.create_experiment(EXPERIMENT, artifact_location=Path(artifact_root).resolve().as_uri()
+                                 if artifact_root else None)  # a relative path has no file URI
     mlflow.set_experiment(EXPERIMENT)
     return mlflow
 

@@ -271,7 +271,7 @@ def routerbench(outcomes: pl.DataFrame, featurize, kinds=("linear", "lgbm", "mf"
     return result
 
 
-def modern_pool(outcomes: pl.DataFrame, featurize, kinds=("linear", "lgbm", "mf"), n_trials: int = 6) -> dict:
+def modern_pool(outcomes: pl.DataFrame, featurize, kinds=("linear", "mf"), n_trials: int = 6) -> dict:
     """ZeroEval's models that answered every benchmark; each benchmark held out in turn, trained on
     the others (minus duplicates of the held-out prompts)."""
     from router_ml.train import build_dataset, complete_rows

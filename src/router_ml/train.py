@@ -236,12 +236,16 @@ def run(config: TrainConfig, outcomes: pl.DataFrame, encoder, out_dir: Path, pro
     rows, models = select_outcomes(outcomes, config)
     data = build_dataset(rows, models, PromptFeaturizer(encoder.encode).transform, progress)
     fit, val, test = split(data, config)
+    val_complete = complete_rows(val)
+    if len(val_complete) == 0:
+        raise ValueError(f"none of the {len(val)} validation prompts has outcomes for every model of the pool "
+                         f"({', '.join(models)}): cannot calibrate the policy; choose models that answered the "
+                         "same prompts (--source, --model)")
     params, _ = search(config.router, fit, val, config.n_trials, config.seed, progress)
     progress.stage(f"fit {config.router}", 1)
     router = make_router(config.router, **params).fit(fit.X, fit.matrix.quality)
     cost = fit_cost(fit)
     progress.advance(1)
-    val_complete = complete_rows(val)
     calibration = calibrate(router.predict(val_complete.X), cost.predict(val_complete.input_tokens),
                             val_complete.matrix.quality, val_complete.matrix.cost, "quality_share",
                             config.quality_share)

@@ -72,7 +72,8 @@ class KNNQualityRouter(BaseEstimator):
 class LinearQualityRouter(BaseEstimator):
     """One ridge regression per model from prompt features to quality, clipped to [0, 1].
 
-    Each model is fitted on the prompts where its quality is known.
+    Each model is fitted on the prompts where its quality is known. The fitted weights are kept
+    as one (features x models) matrix, so a prediction is a single matrix product.
     """
 
     def __init__(self, alpha: float = 1.0):
@@ -82,15 +83,19 @@ class LinearQualityRouter(BaseEstimator):
         from sklearn.linear_model import Ridge
 
         X, Y = _check_targets(X, Y)
-        self.models_ = []
+        coefficients, intercepts = [], []
         for j in range(Y.shape[1]):
             known = ~np.isnan(Y[:, j])
             if not known.any():
                 raise ValueError(f"model column {j} has no known quality to learn from")
-            self.models_.append(Ridge(alpha=self.alpha).fit(X[known], Y[known, j]))
+            ridge = Ridge(alpha=self.alpha).fit(X[known], Y[known, j])
+            coefficients.append(ridge.coef_)
+            intercepts.append(ridge.intercept_)
+        self.coef_ = np.array(coefficients, dtype=np.float32).T
+        self.intercept_ = np.array(intercepts, dtype=np.float32)
         return self
 
     def predict(self, X) -> np.ndarray:
-        check_is_fitted(self, "models_")
+        check_is_fitted(self, "coef_")
         X = np.asarray(X, dtype=np.float32)
-        return np.clip(np.column_stack([m.predict(X) for m in self.models_]), 0.0, 1.0)
+        return np.clip(X @ self.coef_ + self.intercept_, 0.0, 1.0).astype(float)

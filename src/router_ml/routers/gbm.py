@@ -88,7 +88,7 @@ class LightGBMQualityRouter(BaseEstimator):
         leaf_values = self.nodes_["value"][node].astype(float)
         cell = (np.arange(n)[:, None] * self.n_models_ + self.tree_model_).ravel()
         raw = np.bincount(cell, weights=leaf_values.ravel(), minlength=n * self.n_models_)
-        return np.clip(expit(raw.reshape(n, self.n_models_)), 0.0, 1.0)
+        return expit(raw.reshape(n, self.n_models_))
 
 
 def _flatten(root: dict, n_features: int) -> tuple[list[tuple[float, int, int]], int]:
