@@ -37,7 +37,7 @@ data/outcomes.parquet:
 
 # The default router bundle shipped in models/default, rebuilt from the public data.
 default-bundle: install data/outcomes.parquet
-	$(BIN)/router-ml train --name default --router linear --source zeroeval --min-prompts 2800 --trials 8
+	$(BIN)/router-ml train --name default --router auto --source routerbench --trials 8
 
 clean:
 	rm -rf $(VENV) data .pytest_cache

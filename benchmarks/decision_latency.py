@@ -12,16 +12,15 @@ from __future__ import annotations
 import json
 import os
 import platform
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import polars as pl
 
 from router_ml.config import PROJECT_ROOT, get_settings
-from router_ml.data.costs import add_tokens_and_costs
 from router_ml.data.importers import routellm
-from router_ml.data.report import ImportReport
-from router_ml.data.sources import fetch, load_manifest
 from router_ml.embed import EmbeddingCache, MiniLMEncoder, StaticEncoder, build_static_encoder, embed_cached
 from router_ml.label import outcome_matrix
 from router_ml.routers import KNNQualityRouter, choose
@@ -34,11 +33,11 @@ CALLS = {"minilm-l6-v2": 300, "minilm-static-256": 3000}
 
 
 def _matrix():
-    settings = get_settings()
-    files = fetch([e for e in load_manifest(settings.manifest) if e.source == "routellm"], settings.cache_dir,
-                  mirror=settings.data_mirror, base_url=settings.github_raw_base)
-    rows = routellm.load(files, ImportReport()).filter(pl.col("task").is_in(["mmlu", "gsm8k"]))
-    rows = add_tokens_and_costs(rows).with_columns(pl.col("prompt").alias("group_id"))  # exact copies only
+    outcomes_path = get_settings().outcomes_path
+    if not Path(outcomes_path).is_file():
+        sys.exit(f"no outcomes table at {outcomes_path}: run `make run` (router-ml datasets prepare) first")
+    rows = pl.read_parquet(outcomes_path).filter((pl.col("source") == "routellm")
+                                                & pl.col("task").is_in(["mmlu", "gsm8k"]))
     return outcome_matrix(rows, list(routellm.MODELS)).complete()
 
 

@@ -42,6 +42,9 @@ def routellm_section(cross: dict, own: dict) -> list[str]:
              f"Setting chosen on validation ({cross['validation']}): {cross['chosen']}.", "",
              "| benchmark | router | APGR | CPT(50%) | CPT(80%) |", "|---|---|---|---|---|"]
     for task, routers in cross["tasks"].items():
+        if "skipped" in routers:
+            lines.append(f"| {task} | skipped: {routers['skipped']} | | | |")
+            continue
         for name, r in routers.items():
             ci = f" [{r['apgr_ci95'][0]:.2f}, {r['apgr_ci95'][1]:.2f}]" if "apgr_ci95" in r else ""
             lines.append(f"| {task} | {name} | {_num(r.get('apgr'))}{ci} | {_pct(r.get('cpt50'))} | "
@@ -49,6 +52,9 @@ def routellm_section(cross: dict, own: dict) -> list[str]:
     lines += ["", "### Own-logs variant: 5-fold by duplicate group within each benchmark", "",
               "| benchmark | router | APGR [95% bootstrap] | CPT(50%) | CPT(80%) |", "|---|---|---|---|---|"]
     for task, routers in own.items():
+        if "skipped" in routers:
+            lines.append(f"| {task} | skipped: {routers['skipped']} | | | |")
+            continue
         for name, r in routers.items():
             if not isinstance(r, dict):
                 continue
@@ -113,6 +119,8 @@ def main() -> None:
 def write_plots(results: dict) -> list[str]:
     written = []
     for task, routers in results["routellm_cross_source"]["tasks"].items():
+        if "skipped" in routers:
+            continue
         curves = {name: (np.linspace(0, 1, len(r["pgr"])), r["pgr"]) for name, r in routers.items() if "pgr" in r}
         path = RESULTS / f"routellm_pgr_{task}.png"
         plot_pgr(path, curves, f"RouteLLM {task}: gpt-4-1106 vs Mixtral (trained on other sources)")

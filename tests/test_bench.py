@@ -31,3 +31,22 @@ def test_decision_latency_slice(mini_files, report, static_encoder_dir, tmp_path
     get_settings.cache_clear()
     assert result["encoder"] == "minilm-static-64" and 0 < result["calls"] <= 5
     assert 0 < result["p50_ms"] <= result["p99_ms"]
+
+
+def test_default_bundle_decision_slice(mini_files, static_encoder_dir, tmp_path, monkeypatch):
+    """A bundle trained on the mini mirror, timed the way the benchmark times the default bundle."""
+    from router_ml.config import get_settings
+    from router_ml.data.prepare import prepare
+    from router_ml.data.report import ImportReport
+    from router_ml.train import TrainConfig, run
+
+    monkeypatch.setenv("ROUTER_ML_STATIC_ENCODER", str(static_encoder_dir))
+    get_settings.cache_clear()
+    outcomes = prepare(mini_files, ImportReport(), encoder=None)
+    config = TrainConfig(name="latency", router="linear", sources=["llmrouter"], min_prompts=50, n_trials=0)
+    run(config, outcomes, StaticEncoder(static_encoder_dir), tmp_path / "bundle")
+    prompts = outcomes.filter(pl.col("source") == "llmrouter")["prompt"].unique().to_list()
+    result = _bench_module().measure_bundle(tmp_path / "bundle", prompts, calls=5)
+    get_settings.cache_clear()
+    assert result["models"] == 9 and result["calls"] == 5 and result["load_s"] > 0
+    assert 0 < result["p50_ms"] <= result["p99_ms"]

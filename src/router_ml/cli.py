@@ -209,7 +209,8 @@ def _flat(values: dict, prefix: str = "") -> dict:
 @_clear_errors
 def train_command(
     name: Annotated[str, typer.Option(help="Bundle name: written to models/<name>/ and registered in MLflow.")] = "router",
-    router: Annotated[str, typer.Option(help="mean, knn, linear, lgbm, mf or stack.")] = "mf",
+    router: Annotated[str, typer.Option(help="auto (linear, mf and knn; the best on validation wins), mean, knn, "
+                                            "linear, lgbm, mf or stack.")] = "auto",
     source: Annotated[Optional[list[str]], typer.Option(help="Train on these sources only (repeatable).")] = None,
     task: Annotated[Optional[list[str]], typer.Option(help="Train on these tasks only (repeatable).")] = None,
     model: Annotated[Optional[list[str]], typer.Option(help="The model pool (repeatable; default: every model "

@@ -88,7 +88,10 @@ BLEND_WEIGHTS = tuple((a / 4, b / 4, 1 - (a + b) / 4) for a in range(5) for b in
 
 
 def choose_blend(strong: np.ndarray, weak: np.ndarray, signals: list[np.ndarray]) -> tuple[float, ...]:
-    """Weights (summing to 1, on a grid of quarters) of z-scored signals maximizing APGR on validation."""
+    """Weights (summing to 1, on a grid of quarters) of z-scored signals maximizing APGR on validation;
+    equal weights when the validation prompts show no gap between the two models to learn from."""
+    if strong.mean() <= weak.mean():
+        return tuple(np.full(len(signals), 1 / len(signals)))
     signals = [_zscore(s, s) for s in signals]
     weights = {w[:len(signals) - 1] + (1 - sum(w[:len(signals) - 1]),) for w in BLEND_WEIGHTS}
     return max(sorted(weights), key=lambda w: apgr(strong, weak, sum(wi * s for wi, s in zip(w, signals))))
@@ -103,47 +106,79 @@ def ease_model(rows: pl.DataFrame, features: PromptFeatures, alpha: float) -> Ri
     return Ridge(alpha=alpha).fit(features.rows(labels["prompt_id"]), labels["ease"].to_numpy())
 
 
+# Validation pairs for the cross-source router: a GPT-4-class model against Mixtral, as logged by
+# each other source (on validation groups only).
+VALIDATION_PAIRS = (("routerbench", STRONG, "mistralai/mixtral-8x7b-chat"),
+                    ("zeroeval", "gpt-4-turbo-2024-04-09", "Mixtral-8x7B-Instruct-v0.1"),
+                    ("mmlu_pro", "gemini-1.5-pro-002", "Mixtral-8x7B-Instruct-v0.1"))
+
+
+def _mean_blend_apgr(pairs: list, weights) -> float:
+    """Mean APGR over validation pairs of the blend of each pair's signals (z-scored within the pair)."""
+    return float(np.mean([apgr(strong, weak, blend(weights, signals, signals)) for strong, weak, signals in pairs]))
+
+
 def routellm_cross_source(outcomes: pl.DataFrame, features: PromptFeatures, alphas=(1.0, 10.0, 100.0),
                           boot: int = 200) -> dict:
     """Routers trained on the four other sources, scored on RouteLLM's three benchmarks.
 
     The router blends two signals: predicted prompt difficulty (a ridge regression of
     :func:`difficulty_labels` over every other source) and prompt length. Its alpha and
-    blend weights are chosen by APGR on a validation pair of the same two models logged by
-    RouterBench, on validation groups held out of the training data.
+    blend weights maximize the mean APGR over :data:`VALIDATION_PAIRS` (a GPT-4-class model
+    against Mixtral in each other source) on validation groups held out of the training data.
     """
     rows = outcomes.filter(pl.col("quality").is_not_null())
     test_rows = rows.filter(pl.col("source") == "routellm")
-    train = rows.filter((pl.col("source") != "routellm") & ~pl.col("group_id").is_in(test_rows["group_id"].unique()))
+    train = rows.filter((pl.col("source") != "routellm")
+                        & ~pl.col("group_id").is_in(test_rows["group_id"].unique().to_list()))
     groups = train.select("prompt_id", "group_id").unique("prompt_id")
     fit_idx, val_idx = group_holdout(groups["group_id"].to_list(), 0.2, seed=0)
-    val_ids = groups["prompt_id"].gather(val_idx)
+    val_ids = groups["prompt_id"].gather(val_idx).to_list()
     fit_rows = train.filter(~pl.col("prompt_id").is_in(val_ids))
-    val_pair = train.filter(pl.col("prompt_id").is_in(val_ids)).with_columns(pl.col("model").replace(PAIR_ALIASES))
-    val_matrix, val_strong, val_weak = _pair(val_pair)
-    X_val, len_val = features.rows(val_matrix.prompts["prompt_id"]), _lengths(val_matrix)
+    val_rows = train.filter(pl.col("prompt_id").is_in(val_ids))
+    pairs, described = [], []
+    for source, strong_name, weak_name in VALIDATION_PAIRS:
+        matrix, strong, weak = _pair(val_rows.filter(pl.col("source") == source), strong_name, weak_name)
+        if _unscorable(strong, weak) is None:
+            pairs.append((matrix, strong, weak))
+            described.append(f"{source}: {strong_name} vs {weak_name}, {len(strong)} prompts")
+    if not pairs:
+        raise ValueError("no validation pair has enough prompts to choose the cross-source router's settings")
+    grid = sorted({w[:1] + (1 - w[0],) for w in BLEND_WEIGHTS})
     validation = {}
     for alpha in alphas:
-        ease = -ease_model(fit_rows, features, alpha).predict(X_val)
-        weights = choose_blend(val_strong, val_weak, [ease, len_val])
-        validation[alpha] = (apgr(val_strong, val_weak, blend(weights, [ease, len_val], [ease, len_val])), weights)
+        model = ease_model(fit_rows, features, alpha)
+        scored = [(strong, weak, [-model.predict(features.rows(m.prompts["prompt_id"])), _lengths(m)])
+                  for m, strong, weak in pairs]
+        weights = max(grid, key=lambda w: _mean_blend_apgr(scored, w))
+        validation[alpha] = (_mean_blend_apgr(scored, weights), weights, model)
     alpha = max(validation, key=lambda a: validation[a][0])
-    weights = validation[alpha][1]
-    model = ease_model(fit_rows, features, alpha)
-    reference = [-model.predict(X_val), len_val]
-    results = {"validation": f"{STRONG} vs Mixtral as logged by RouterBench, {len(val_strong)} validation prompts",
-               "validation_apgr": {f"alpha={a:g} weights={w}": v for a, (v, w) in validation.items()},
+    _, weights, model = validation[alpha]
+    results = {"validation": "; ".join(described),
+               "validation_apgr": {f"alpha={a:g} weights={w}": v for a, (v, w, _) in validation.items()},
                "chosen": {"alpha": alpha, "weights (difficulty, length)": weights}, "tasks": {}}
     for task in ROUTELLM_TASKS:
         matrix, strong, weak = _pair(test_rows.filter(pl.col("task") == task))
+        if (reason := _unscorable(strong, weak)) is not None:
+            results["tasks"][task] = {"skipped": reason}
+            continue
         lengths = _lengths(matrix)
         signals = [-model.predict(features.rows(matrix.prompts["prompt_id"])), lengths]
         routers = {"random": np.random.default_rng(0).random(len(strong)), "length rule": lengths,
-                   "router-ml (difficulty + length)": blend(weights, signals, reference)}
+                   "router-ml (difficulty + length)": blend(weights, signals, signals)}
         results["tasks"][task] = {name: pair_scores_summary(strong, weak, s, boot if task == "mt_bench" else 0)
                                   for name, s in routers.items()}
         results["tasks"][task]["published RouteLLM"] = PUBLISHED[task]
     return results
+
+
+def _unscorable(strong: np.ndarray, weak: np.ndarray, min_prompts: int = 20) -> str | None:
+    """Why a benchmark cannot be scored as a strong/weak pair (too few prompts, no gap), or None."""
+    if len(strong) < min_prompts:
+        return f"only {len(strong)} prompts with both outcomes (at least {min_prompts} needed)"
+    if strong.mean() <= weak.mean():
+        return "the strong model is not better than the weak one on these prompts"
+    return None
 
 
 def _lengths(matrix) -> np.ndarray:
@@ -164,6 +199,9 @@ def routellm_own_logs(outcomes: pl.DataFrame, features: PromptFeatures, k: int =
     results = {}
     for task in ROUTELLM_TASKS:
         matrix, strong, weak = _pair(rows.filter((pl.col("source") == "routellm") & (pl.col("task") == task)))
+        if (reason := _unscorable(strong, weak, min_prompts=10 * k)) is not None:
+            results[task] = {"skipped": reason}
+            continue
         X, lengths = features.rows(matrix.prompts["prompt_id"]), _lengths(matrix)
         gain = strong - weak
         groups = matrix.prompts["group_id"].to_list()

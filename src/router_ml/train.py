@@ -22,6 +22,8 @@ from router_ml.routers.cost import CostPredictor
 from router_ml.split import group_holdout
 
 ROUTER_KINDS = ("mean", "knn", "linear", "lgbm", "mf", "stack")
+AUTO_KINDS = ("linear", "mf", "knn")
+"""What ``router="auto"`` tries: the kinds that fit in seconds to a minute on the public data."""
 SEARCHABLE = ("knn", "linear", "lgbm", "mf")
 
 
@@ -49,7 +51,7 @@ class TrainConfig:
     """What to train. ``models`` empty means every model with at least ``min_prompts`` outcomes."""
 
     name: str = "router"
-    router: str = "mf"
+    router: str = "auto"
     sources: list[str] = field(default_factory=list)
     tasks: list[str] = field(default_factory=list)
     models: list[str] = field(default_factory=list)
@@ -108,7 +110,7 @@ def make_router(kind: str, **params):
     from router_ml import routers
 
     if kind not in ROUTER_KINDS:
-        raise ValueError(f"unknown router kind {kind!r}; choose one of {', '.join(ROUTER_KINDS)}")
+        raise ValueError(f"unknown router kind {kind!r}; choose one of {', '.join(ROUTER_KINDS)} (or auto)")
     if kind == "stack":
         bases = [("mf", routers.MatrixFactorizationRouter()), ("linear", routers.LinearQualityRouter(alpha=100.0)),
                  ("knn", routers.KNNQualityRouter(n_neighbors=40))]
@@ -207,7 +209,7 @@ def score(router, cost: CostPredictor, data: Dataset, calibration=None) -> dict:
         raise ValueError("no prompt has outcomes for every model of the pool: cannot score a curve")
     pred_q, pred_c = router.predict(data.X), cost.predict(data.input_tokens)
     _, costs, qualities = operating_curve(pred_q, pred_c, data.matrix.quality, data.matrix.cost)
-    summary = curve_summary(costs, qualities, data.matrix.quality, data.matrix.cost)
+    summary = curve_summary(costs, qualities, data.matrix.quality, data.matrix.cost, data.matrix.models)
     metrics = {"prompts": len(data), "brier": brier(pred_q, data.matrix.quality), **summary}
     if calibration is not None:
         metrics["target"] = target_report(calibration, pred_q, pred_c, data.matrix.quality, data.matrix.cost)
@@ -221,6 +223,32 @@ class TrainResult:
     router: object
     cost: CostPredictor
     test: dict | None
+
+
+def validation_gap_closed(router, cost: CostPredictor, val: Dataset) -> float:
+    """Share of the zero-router-to-oracle AIQ gap the router closes on (complete) validation rows."""
+    from router_ml.evaluate import curve_summary
+    from router_ml.routers.policy import operating_curve
+
+    pred_q, pred_c = router.predict(val.X), cost.predict(val.input_tokens)
+    _, costs, qualities = operating_curve(pred_q, pred_c, val.matrix.quality, val.matrix.cost)
+    return curve_summary(costs, qualities, val.matrix.quality, val.matrix.cost)["gap_closed"]
+
+
+def fit_router(config: TrainConfig, fit: Dataset, val: Dataset, cost: CostPredictor, progress: Progress):
+    """(kind, params, fitted router, validation gap closed per kind tried) for ``config.router``;
+    ``"auto"`` tries :data:`AUTO_KINDS` and keeps the one closing most of the gap on validation."""
+    kinds = AUTO_KINDS if config.router == "auto" else (config.router,)
+    tried = {}
+    for kind in kinds:
+        params, _ = search(kind, fit, val, config.n_trials, config.seed, progress)
+        progress.stage(f"fit {kind}", 1)
+        router = make_router(kind, **params).fit(fit.X, fit.matrix.quality)
+        progress.advance(1)
+        tried[kind] = (params, router, validation_gap_closed(router, cost, val))
+    best = max(tried, key=lambda k: np.nan_to_num(tried[k][2], nan=-np.inf))
+    params, router, _ = tried[best]
+    return best, params, router, {k: v[2] for k, v in tried.items()}
 
 
 def run(config: TrainConfig, outcomes: pl.DataFrame, encoder, out_dir: Path, progress: Progress | None = None,
@@ -241,11 +269,8 @@ def run(config: TrainConfig, outcomes: pl.DataFrame, encoder, out_dir: Path, pro
         raise ValueError(f"none of the {len(val)} validation prompts has outcomes for every model of the pool "
                          f"({', '.join(models)}): cannot calibrate the policy; choose models that answered the "
                          "same prompts (--source, --model)")
-    params, _ = search(config.router, fit, val, config.n_trials, config.seed, progress)
-    progress.stage(f"fit {config.router}", 1)
-    router = make_router(config.router, **params).fit(fit.X, fit.matrix.quality)
     cost = fit_cost(fit)
-    progress.advance(1)
+    kind, params, router, selection = fit_router(config, fit, val_complete, cost, progress)
     calibration = calibrate(router.predict(val_complete.X), cost.predict(val_complete.input_tokens),
                             val_complete.matrix.quality, val_complete.matrix.cost, "quality_share",
                             config.quality_share)
@@ -256,7 +281,7 @@ def run(config: TrainConfig, outcomes: pl.DataFrame, encoder, out_dir: Path, pro
         "encoder": {"id": encoder.encoder_id, "fingerprint": fingerprint(encoder)},
         "models": models,
         "catalog": catalog(models),
-        "router": {"kind": config.router, "class": type(router).__name__, "params": params},
+        "router": {"kind": kind, "class": type(router).__name__, "params": params, "selection": selection},
         "calibration": asdict(calibration),
         "data": {"prompts": {"fit": len(fit), "validation": len(val), "test": len(test) if test else 0},
                  "outcomes": rows.height, **(data_checksums or {})},
