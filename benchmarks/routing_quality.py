@@ -73,6 +73,16 @@ def pool_table(result: dict) -> list[str]:
         lines.append(f"| {name}{star} | {_pct(r['validation_gap_closed'])} | {_num(t['aiq'], 4)} | "
                      f"{_pct(t['gap_closed'])} | {_pct(t['savings_at_95'])} | {_pct(c['quality_share'])} | "
                      f"{_pct(cut)} | {'yes' if c['met'] else 'no'} |")
+    lines += ["", f"Calibration targets of the headline router ({result['headline']}), set on validation, checked on test:",
+              "", "| target | validation | test | held on test | test quality share | test cost per 1k calls |",
+              "|---|---|---|---|---|---|"]
+    for t in result["targets"]:
+        shown = {"quality_share": f"quality >= {t['target']:.0%} of the best model",
+                 "strong_share": f"<= {t['target']:.0%} of calls to the strongest model",
+                 "cost_per_1k": f"<= ${t['target']:.3f} per 1k calls"}[t["kind"]]
+        fmt = (lambda v: f"${v:.3f}") if t["kind"] == "cost_per_1k" else _pct
+        lines.append(f"| {shown} | {fmt(t['validation'])} | {fmt(t['test'])} | {'yes' if t['test_met'] else 'no'} | "
+                     f"{_pct(t['test_quality_share'])} | ${t['test_cost_per_1k']:.3f} |")
     any_router = next(iter(result["routers"].values()))["test"]
     lines += ["", f"Zero router AIQ {_num(any_router['zero_aiq'], 4)}, oracle AIQ {_num(any_router['oracle_aiq'], 4)}, "
               f"random AIQ {_num(any_router['random_aiq'], 4)}; best single model "

@@ -56,7 +56,7 @@ def test_choose_blend_prefers_the_informative_signal():
 
 
 def test_routellm_tracks_never_train_on_their_test_prompts(outcomes, features):
-    cross = tracks.routellm_cross_source(outcomes, features, alphas=(10.0,), boot=20)
+    cross = tracks.routellm_cross_source(outcomes, features, alphas=(10.0,), boot=20, min_pair_prompts=3)
     scored = {task: routers for task, routers in cross["tasks"].items() if "skipped" not in routers}
     assert scored and set(cross["tasks"]) == set(tracks.ROUTELLM_TASKS)
     for task, routers in scored.items():
@@ -66,7 +66,7 @@ def test_routellm_tracks_never_train_on_their_test_prompts(outcomes, features):
         assert routers["published RouteLLM"]["cpt50"] > 0
     own = tracks.routellm_own_logs(outcomes, features, k=2, boot=20)
     assert any("skipped" not in routers for routers in own.values())
-    for task, routers in own.items():
+    for routers in own.values():
         if "skipped" in routers:
             assert "prompts" in routers["skipped"] or "better" in routers["skipped"]
             continue
@@ -94,7 +94,7 @@ def test_report_and_plots_are_written(outcomes, features, featurize, tmp_path, m
     spec.loader.exec_module(bench)
     monkeypatch.setattr(bench, "RESULTS", tmp_path)
     results = {
-        "routellm_cross_source": tracks.routellm_cross_source(outcomes, features, alphas=(10.0,), boot=20),
+        "routellm_cross_source": tracks.routellm_cross_source(outcomes, features, alphas=(10.0,), boot=20, min_pair_prompts=3),
         "routellm_own_logs": tracks.routellm_own_logs(outcomes, features, k=2, boot=20),
         "routerbench": tracks.routerbench(outcomes, featurize, kinds=("linear",), n_trials=1),
         "modern_pool": tracks.modern_pool(outcomes, featurize, kinds=("linear",), n_trials=1),

@@ -119,7 +119,7 @@ def _mean_blend_apgr(pairs: list, weights) -> float:
 
 
 def routellm_cross_source(outcomes: pl.DataFrame, features: PromptFeatures, alphas=(1.0, 10.0, 100.0),
-                          boot: int = 200) -> dict:
+                          boot: int = 200, min_pair_prompts: int = 20) -> dict:
     """Routers trained on the four other sources, scored on RouteLLM's three benchmarks.
 
     The router blends two signals: predicted prompt difficulty (a ridge regression of
@@ -139,7 +139,7 @@ def routellm_cross_source(outcomes: pl.DataFrame, features: PromptFeatures, alph
     pairs, described = [], []
     for source, strong_name, weak_name in VALIDATION_PAIRS:
         matrix, strong, weak = _pair(val_rows.filter(pl.col("source") == source), strong_name, weak_name)
-        if _unscorable(strong, weak) is None:
+        if _unscorable(strong, weak, min_pair_prompts) is None:
             pairs.append((matrix, strong, weak))
             described.append(f"{source}: {strong_name} vs {weak_name}, {len(strong)} prompts")
     if not pairs:
@@ -270,9 +270,28 @@ def pool_experiment(fit: Dataset, val: Dataset, test: Dataset, kinds=("linear", 
     headline = max(kinds, key=lambda k: results[k]["validation_gap_closed"])
     single_costs, single_qualities = single_model_points(test.matrix.quality, test.matrix.cost)
     return {"headline": headline, "routers": results,
+            "targets": calibration_targets(*predictions[headline], val_cost, test_cost, val, test),
             "prompts": {"fit": len(fit), "validation": len(val), "test": len(test)},
             "singles": {m: (float(c), float(q)) for m, c, q in zip(test.matrix.models, single_costs, single_qualities)},
             "oracle": [h.tolist() for h in hull(*oracle_curve(test.matrix.quality, test.matrix.cost))]}
+
+
+def calibration_targets(val_q, test_q, val_cost, test_cost, val: Dataset, test: Dataset) -> list[dict]:
+    """Each kind of target calibrated on validation, then checked on test: keep 95% of the best
+    model's quality; at most 30% of calls to the strongest model; at most a quarter of the best
+    single model's bill (its validation cost per 1k calls / 4)."""
+    from router_ml.routers.policy import best_single_model, calibrate, target_report
+
+    best = best_single_model(val.matrix.quality, val.matrix.cost)
+    budget = 1000 * float(val.matrix.cost[:, best].mean()) / 4
+    reports = []
+    for kind, target in (("quality_share", 0.95), ("strong_share", 0.30), ("cost_per_1k", budget)):
+        calibration = calibrate(val_q, val_cost, val.matrix.quality, val.matrix.cost, kind, target)
+        report = target_report(calibration, test_q, test_cost, test.matrix.quality, test.matrix.cost)
+        reports.append({"kind": kind, "target": target, "validation": calibration.validation_value,
+                        "validation_met": calibration.met, "test": report["achieved"], "test_met": report["met"],
+                        "test_quality_share": report["quality_share"], "test_cost_per_1k": report["cost_per_1k"]})
+    return reports
 
 
 def task_only_predictions(fit: Dataset, *others: Dataset) -> list[np.ndarray]:
