@@ -29,7 +29,9 @@ COLUMNS = ["prompt_id", "prompt", "model", "quality", "source", "task", "group_i
 
 
 def _pct(value: float) -> str:
-    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.1f}%"
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return "never reached" if math.isinf(value) else f"{100 * value:.1f}%"
 
 
 def _num(value: float, digits: int = 3) -> str:
