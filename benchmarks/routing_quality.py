@@ -138,7 +138,8 @@ def write_plots(results: dict) -> list[str]:
         plot_pgr(path, curves, f"RouteLLM {task}: gpt-4-1106 vs Mixtral (trained on other sources)")
         written.append(path.name)
     for name, result in [("routerbench", results["routerbench"])] + [
-            (f"modern_pool_{task}", r) for task, r in results["modern_pool"]["held_out"].items()]:
+            (f"modern_pool_{task}", r) for task, r in results["modern_pool"]["held_out"].items()] + [
+            ("modern_pool_within", results["modern_pool"]["within"])]:
         path = RESULTS / f"{name}_cost_quality.png"
         curves = {k: (r["curve"]["costs"], r["curve"]["qualities"]) for k, r in result["routers"].items()}
         plot_cost_quality(path, curves, result["singles"], name.replace("_", " "), oracle=result["oracle"])
@@ -168,6 +169,8 @@ def markdown(report: dict) -> list[str]:
               f"{len(r['modern_pool']['models'])} models that answered all three benchmarks.", ""]
     for task, result in r["modern_pool"]["held_out"].items():
         lines += [f"### held out: {task}", ""] + pool_table(result) + [f"![{task}](modern_pool_{task}_cost_quality.png)", ""]
+    lines += ["### Within the three benchmarks (own-logs case: 25% of duplicate groups held out)", ""]
+    lines += pool_table(r["modern_pool"]["within"]) + ["![within](modern_pool_within_cost_quality.png)", ""]
     lines += ["PGR plots: " + ", ".join(f"![{p}]({p})" for p in report["plots"] if p.startswith("routellm")), ""]
     return lines
 

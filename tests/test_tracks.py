@@ -86,6 +86,7 @@ def test_routerbench_and_modern_pool_tracks_score_every_router_beside_the_baseli
     assert set(pool["held_out"]) == set(outcomes.filter(pl.col("source") == "zeroeval")["task"].unique())
     for task, held in pool["held_out"].items():
         assert held["routers"]["linear"]["calibrated"]["kind"] == "quality_share", task
+    assert [t["kind"] for t in pool["within"]["targets"]] == ["quality_share", "strong_share", "cost_per_1k"]
 
 
 def test_report_and_plots_are_written(outcomes, features, featurize, tmp_path, monkeypatch):

@@ -330,7 +330,8 @@ def routerbench(outcomes: pl.DataFrame, featurize, kinds=("linear", "lgbm", "mf"
 
 def modern_pool(outcomes: pl.DataFrame, featurize, kinds=("linear", "mf"), n_trials: int = 6) -> dict:
     """ZeroEval's models that answered every benchmark; each benchmark held out in turn, trained on
-    the others (minus duplicates of the held-out prompts)."""
+    the others (minus duplicates of the held-out prompts); and ``within``: a quarter of the prompts
+    of all three held out by duplicate group, as a customer training on its own traffic would."""
     from router_ml.train import build_dataset, complete_rows
 
     rows = outcomes.filter((pl.col("source") == "zeroeval") & pl.col("quality").is_not_null())
@@ -347,4 +348,9 @@ def modern_pool(outcomes: pl.DataFrame, featurize, kinds=("linear", "mf"), n_tri
                                     if t != task and g not in test_groups]))
         fit_idx, val_idx = group_holdout(train.groups, 0.2, seed=1)
         results["held_out"][task] = pool_experiment(train.take(fit_idx), train.take(val_idx), test, kinds, n_trials)
+    # The own-logs case: the same three benchmarks on both sides, a quarter of the duplicate groups held out.
+    keep, held = group_holdout(data.groups, 0.25, seed=0)
+    train = data.take(keep)
+    fit_idx, val_idx = group_holdout(train.groups, 0.2, seed=1)
+    results["within"] = pool_experiment(train.take(fit_idx), train.take(val_idx), data.take(held), kinds, n_trials)
     return results
