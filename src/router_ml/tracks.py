@@ -7,7 +7,7 @@ duplicate groups; every setting is chosen on a validation split of the training 
   are trained on the other four sources; the own-logs variant runs k-fold within each
   benchmark, as a customer training on its own logs would.
 - RouterBench: 11 models, upstream train split -> test split, real USD.
-- Modern pool: ZeroEval's models, each benchmark held out in turn.
+- Modern pool: ZeroEval's models, each benchmark held out in turn, and within the benchmarks.
 """
 
 from __future__ import annotations
@@ -18,15 +18,15 @@ import numpy as np
 import polars as pl
 from sklearn.linear_model import Ridge
 
-from router_ml.evaluate import apgr, cpt, pgr_curve
+from router_ml.evaluate import (apgr, cost_at_quality, cpt, curve_summary, hull, oracle_curve, pgr_curve,
+                                single_model_points)
 from router_ml.label import outcome_matrix
+from router_ml.routers.policy import best_single_model, calibrate, operating_curve, target_report
 from router_ml.split import group_holdout, group_kfold
-from router_ml.train import Dataset
+from router_ml.train import Dataset, brier, build_dataset, complete_rows, fit_cost, make_router, search
 
 STRONG = "gpt-4-1106-preview"
 WEAK = "mistralai/Mixtral-8x7B-Instruct-v0.1"
-# Other sources log the same two models under other names: merged for the cross-source pair router.
-PAIR_ALIASES = {"mistralai/mixtral-8x7b-chat": WEAK, "Mixtral-8x7B-Instruct-v0.1": WEAK}
 ROUTELLM_TASKS = ("mt_bench", "mmlu", "gsm8k")
 PUBLISHED = {  # RouteLLM's best router (Ong et al., 2024), trained on ~170k Arena and GPT-4-judge pairs
     "mt_bench": {"cpt50": 0.1340, "apgr": 0.802}, "mmlu": {"cpt50": 0.354}, "gsm8k": {"cpt50": 0.336}}
@@ -66,9 +66,9 @@ def pair_scores_summary(strong: np.ndarray, weak: np.ndarray, scores: np.ndarray
 
 
 def difficulty_labels(rows: pl.DataFrame) -> pl.DataFrame:
-    """Per prompt, how much worse than usual the models did on it: the mean over models of
-    (quality - that model's mean quality in the same source). Learned from 2-60 models per prompt,
-    a difficulty score transfers to model pairs never logged together."""
+    """Per prompt, its ``ease``: how much better than usual the models did on it, the mean over
+    models of (quality - that model's mean quality in the same source). Learned from 2-60 models
+    per prompt, a difficulty score transfers to model pairs never logged together."""
     means = rows.group_by("source", "model").agg(pl.col("quality").mean().alias("model_mean"))
     return (rows.join(means, on=["source", "model"])
             .group_by("prompt_id").agg((pl.col("quality") - pl.col("model_mean")).mean().alias("ease"),
@@ -239,10 +239,6 @@ def pool_experiment(fit: Dataset, val: Dataset, test: Dataset, kinds=("linear", 
     ``baselines`` maps a name to fixed (validation, test) predicted-quality matrices (e.g. the
     task-name-only router) that go through the same policy and scoring.
     """
-    from router_ml.evaluate import curve_summary, hull, oracle_curve, single_model_points
-    from router_ml.routers.policy import calibrate, operating_curve, target_report
-    from router_ml.train import brier, complete_rows, fit_cost, make_router, search
-
     val, test = complete_rows(val), complete_rows(test)
     cost = fit_cost(fit)
     val_cost, test_cost = cost.predict(val.input_tokens), cost.predict(test.input_tokens)
@@ -280,8 +276,6 @@ def calibration_targets(val_q, test_q, val_cost, test_cost, val: Dataset, test: 
     """Each kind of target calibrated on validation, then checked on test: keep 95% of the best
     model's quality; at most 30% of calls to the strongest model; at most a quarter of the best
     single model's bill (its validation cost per 1k calls / 4)."""
-    from router_ml.routers.policy import best_single_model, calibrate, target_report
-
     best = best_single_model(val.matrix.quality, val.matrix.cost)
     budget = 1000 * float(val.matrix.cost[:, best].mean()) / 4
     reports = []
@@ -304,8 +298,6 @@ def task_only_predictions(fit: Dataset, *others: Dataset) -> list[np.ndarray]:
 
 def routerbench(outcomes: pl.DataFrame, featurize, kinds=("linear", "lgbm", "mf"), n_trials: int = 6) -> dict:
     """RouterBench's 11 models: its train split (minus any duplicate of a test prompt) -> its test split."""
-    from router_ml.train import build_dataset, complete_rows
-
     rows = outcomes.filter((pl.col("source") == "routerbench") & pl.col("quality").is_not_null())
     data = complete_rows(build_dataset(rows, sorted(rows["model"].unique().to_list()), featurize))
     split_label = data.matrix.prompts["split"].to_numpy()
@@ -319,8 +311,6 @@ def routerbench(outcomes: pl.DataFrame, featurize, kinds=("linear", "lgbm", "mf"
     result = pool_experiment(fit, val, test, kinds, n_trials, baselines={"task name only": (task_val, task_test)})
     gpt4 = test.matrix.models.index(STRONG)
     gpt4_quality = float(test.matrix.quality[:, gpt4].mean())
-    from router_ml.evaluate import cost_at_quality
-
     result["gpt4"] = {"quality": gpt4_quality, "cost": float(test.matrix.cost[:, gpt4].mean())}
     for entry in result["routers"].values():
         entry["test"]["cost_at_gpt4_quality"] = cost_at_quality(entry["curve"]["costs"], entry["curve"]["qualities"],
@@ -332,8 +322,6 @@ def modern_pool(outcomes: pl.DataFrame, featurize, kinds=("linear", "mf"), n_tri
     """ZeroEval's models that answered every benchmark; each benchmark held out in turn, trained on
     the others (minus duplicates of the held-out prompts); and ``within``: a quarter of the prompts
     of all three held out by duplicate group, as a customer training on its own traffic would."""
-    from router_ml.train import build_dataset, complete_rows
-
     rows = outcomes.filter((pl.col("source") == "zeroeval") & pl.col("quality").is_not_null())
     tasks = sorted(rows["task"].unique().to_list())
     coverage = rows.group_by("model").agg(pl.col("task").n_unique().alias("tasks"))
