@@ -1,0 +1,179 @@
+"""POST /v1/chat/completions: OpenAI-compatible, routed when the model is ``router-ml/auto``.
+
+The answer says which model served it (the ``model`` field and the ``x-router-ml-model``
+header) and what it cost (``x-router-ml-cost-usd`` and the ``router_ml`` field). A routed
+request that fails upstream before any byte was sent falls back to the next model in the
+policy's ranking; once streaming has started it never switches.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from router_ml.pricing import UnknownModelError, cost_usd
+from router_ml.serve.errors import APIError
+from router_ml.serve.policy import Policy, decide, parse_auto_model
+from router_ml.serve.providers.base import ChatRequest, ProviderError, Usage
+from router_ml.serve.schemas import ChatCompletionRequest, routing_prompt
+from router_ml.tokens import count_tokens
+
+router = APIRouter()
+MAX_ATTEMPTS = 2
+
+
+def _candidates(body: ChatCompletionRequest, state, prompt: str) -> tuple[list[str], dict | None]:
+    """Models to try in order, and the routing decision when the request was routed."""
+    try:
+        policy = parse_auto_model(body.model)
+    except ValueError as exc:
+        raise APIError(400, str(exc), param="model") from exc
+    if policy is None:
+        if body.model not in state.providers:
+            raise APIError(404, f"model {body.model!r} is not served here; GET /v1/models lists them", param="model")
+        return [body.model], None
+    if body.router_ml is not None:  # the body's extension field overrides what the model name says
+        policy = Policy(**{**policy.model_dump(exclude_none=True), **body.router_ml.model_dump(exclude_none=True)})
+    try:
+        decision = decide(state.bundles.current, prompt, count_tokens(prompt), policy)
+    except ValueError as exc:
+        raise APIError(400, str(exc), param="router_ml") from exc
+    chosen = decision["model"]
+    others = sorted((p for p in decision["predicted"] if p["allowed"] and p["model"] != chosen),
+                    key=lambda p: (-p["quality"], p["cost_usd"]))
+    ranked = [chosen] + [p["model"] for p in others]
+    return [m for m in ranked if m in state.providers][:MAX_ATTEMPTS], decision
+
+
+def _upstream_request(body: ChatCompletionRequest, model: str) -> ChatRequest:
+    stop = [body.stop] if isinstance(body.stop, str) else body.stop
+    return ChatRequest(model=model, messages=[m.model_dump(exclude_none=True) for m in body.messages],
+                       temperature=body.temperature, top_p=body.top_p, max_tokens=body.max_tokens, stop=stop,
+                       tools=body.tools, tool_choice=body.tool_choice)
+
+
+def _cost(model: str, usage: Usage | None) -> float | None:
+    if usage is None:
+        return None
+    try:
+        return cost_usd(model, usage.input_tokens, usage.output_tokens)
+    except UnknownModelError:
+        return None
+
+
+def _log(state, **call) -> None:
+    if state.store is not None:
+        state.store.record(call)
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(body: ChatCompletionRequest, request: Request):
+    state = request.app.state
+    prompt = routing_prompt(body.messages)
+    models, decision = _candidates(body, state, prompt)
+    if not models:
+        raise APIError(503, "no provider serves any model the policy allows")
+    call_id = uuid.uuid4().hex
+    base = {"call_id": call_id, "prompt": prompt, "routed": decision is not None,
+            "bundle_version": state.bundles.current.version, "tenant": None,
+            "messages": json.dumps([m.model_dump(exclude_none=True) for m in body.messages])}
+    started = time.perf_counter()
+    if body.stream:
+        return await _stream(state, body, models, decision, base, started)
+    error = None
+    for model in models:
+        try:
+            result = await state.providers[model].complete(_upstream_request(body, model))
+        except ProviderError as exc:
+            error = exc
+            _log(state, **base, model=model, status="error", error=exc.message, http_status=exc.status,
+                 latency_ms=(time.perf_counter() - started) * 1000)
+            if not exc.retryable:
+                break
+            continue
+        latency = (time.perf_counter() - started) * 1000
+        cost = _cost(model, result.usage)
+        _log(state, **base, model=model, status="ok", http_status=200, response=result.text, latency_ms=latency,
+             input_tokens=result.usage.input_tokens, output_tokens=result.usage.output_tokens, cost_usd=cost)
+        message = {"role": "assistant", "content": result.text}
+        if result.tool_calls:
+            message["tool_calls"] = result.tool_calls
+        payload = {
+            "id": f"chatcmpl-{call_id}", "object": "chat.completion", "created": int(time.time()), "model": model,
+            "choices": [{"index": 0, "message": message, "finish_reason": result.finish_reason}],
+            "usage": {"prompt_tokens": result.usage.input_tokens, "completion_tokens": result.usage.output_tokens,
+                      "total_tokens": result.usage.input_tokens + result.usage.output_tokens},
+            "router_ml": {"call_id": call_id, "cost_usd": cost, "latency_ms": latency,
+                          "decision": decision},
+        }
+        return JSONResponse(payload, headers=_headers(model, cost, call_id))
+    raise error
+
+
+def _headers(model: str, cost: float | None, call_id: str) -> dict:
+    headers = {"x-router-ml-model": model, "x-router-ml-call-id": call_id}
+    if cost is not None:
+        headers["x-router-ml-cost-usd"] = f"{cost:.8f}"
+    return headers
+
+
+async def _stream(state, body, models, decision, base, started):
+    """Open the upstream stream, falling back while nothing has been sent, then relay it as SSE."""
+    error = None
+    for model in models:
+        stream = state.providers[model].stream(_upstream_request(body, model))
+        try:
+            first = await anext(stream)
+        except StopAsyncIteration:
+            first = None
+        except ProviderError as exc:
+            error = exc
+            _log(state, **base, model=model, status="error", error=exc.message, http_status=exc.status,
+                 latency_ms=(time.perf_counter() - started) * 1000)
+            if not exc.retryable:
+                break
+            continue
+        return StreamingResponse(_relay(state, model, stream, first, base, started), media_type="text/event-stream",
+                                 headers=_headers(model, None, base["call_id"]))
+    raise error
+
+
+async def _relay(state, model, stream, first, base, started):
+    created, chunk_id = int(time.time()), f"chatcmpl-{base['call_id']}"
+    parts, usage, finish = [], None, None
+
+    def event(delta: dict, finish_reason=None, extra: dict | None = None) -> str:
+        payload = {"id": chunk_id, "object": "chat.completion.chunk", "created": created, "model": model,
+                   "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}], **(extra or {})}
+        return f"data: {json.dumps(payload)}\n\n"
+
+    yield event({"role": "assistant", "content": ""})
+    try:
+        chunk = first
+        while chunk is not None:
+            if chunk.text:
+                parts.append(chunk.text)
+                yield event({"content": chunk.text})
+            if chunk.tool_calls:
+                yield event({"tool_calls": chunk.tool_calls})
+            usage, finish = chunk.usage or usage, chunk.finish_reason or finish
+            chunk = await anext(stream, None)
+    except ProviderError as exc:  # after the first byte: end the stream with an error event, never switch
+        _log(state, **base, model=model, status="error", error=exc.message, http_status=exc.status,
+             response="".join(parts), latency_ms=(time.perf_counter() - started) * 1000)
+        yield f"data: {json.dumps({'error': {'message': f'upstream: {exc.message}', 'type': 'api_error'}})}\n\n"
+        return
+    cost = _cost(model, usage)
+    extra = {"router_ml": {"call_id": base["call_id"], "cost_usd": cost}}
+    if usage is not None:
+        extra["usage"] = {"prompt_tokens": usage.input_tokens, "completion_tokens": usage.output_tokens,
+                          "total_tokens": usage.input_tokens + usage.output_tokens}
+    yield event({}, finish or "stop", extra)
+    yield "data: [DONE]\n\n"
+    _log(state, **base, model=model, status="ok", http_status=200, response="".join(parts),
+         latency_ms=(time.perf_counter() - started) * 1000, cost_usd=cost,
+         input_tokens=usage.input_tokens if usage else None, output_tokens=usage.output_tokens if usage else None)

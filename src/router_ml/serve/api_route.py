@@ -1,0 +1,23 @@
+"""POST /v1/route: the routing decision alone, no upstream call."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+
+from router_ml.serve.errors import APIError
+from router_ml.serve.policy import decide
+from router_ml.serve.schemas import RouteRequest, routing_prompt
+from router_ml.tokens import count_tokens
+
+router = APIRouter()
+
+
+@router.post("/v1/route")
+async def route(body: RouteRequest, request: Request):
+    if body.prompt is None and not body.messages:
+        raise APIError(400, "give either prompt or messages", param="prompt")
+    prompt = body.prompt if body.prompt is not None else routing_prompt(body.messages)
+    try:
+        return decide(request.app.state.bundles.current, prompt, count_tokens(prompt), body.policy)
+    except ValueError as exc:
+        raise APIError(400, str(exc), param="policy") from exc

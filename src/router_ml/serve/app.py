@@ -1,0 +1,23 @@
+"""The FastAPI app factory: one APIRouter per area, state built once and passed in."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import FastAPI
+
+from router_ml.serve import api_chat, api_meta, api_route, errors
+from router_ml.serve.state import BundleHolder
+
+
+def create_app(bundle_dir: Path, providers: dict, store=None, encoder=None) -> FastAPI:
+    """An app routing with the bundle in ``bundle_dir``; ``providers`` maps each served model name to the
+    provider that answers for it; ``store`` (optional) receives every call for the call log."""
+    app = FastAPI(title="router-ml", version="0.1.0")
+    app.state.bundles = BundleHolder(bundle_dir, encoder=encoder)
+    app.state.providers = dict(providers)
+    app.state.store = store
+    errors.install(app)
+    for area in (api_meta, api_route, api_chat):
+        app.include_router(area.router)
+    return app

@@ -1,0 +1,53 @@
+"""The API contract: request bodies as pydantic models (OpenAI's chat format plus router-ml's own)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from router_ml.serve.policy import Policy
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    role: Literal["system", "user", "assistant", "tool", "developer"]
+    content: str | list[dict] | None = None
+
+
+class ChatCompletionRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    model: str = Field(min_length=1)
+    messages: list[Message] = Field(min_length=1)
+    stream: bool = False
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    max_tokens: int | None = Field(default=None, gt=0)
+    stop: str | list[str] | None = None
+    tools: list[dict] | None = None
+    tool_choice: str | dict | None = None
+    router_ml: Policy | None = None
+    """router-ml's extension: the routing policy for this request (see router_ml.serve.policy)."""
+
+
+class RouteRequest(BaseModel):
+    prompt: str | None = None
+    messages: list[Message] | None = None
+    policy: Policy = Field(default_factory=Policy)
+
+
+def text_of(content: str | list[dict] | None) -> str:
+    """The text of a message's content (a string, or OpenAI content parts)."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    return "\n".join(part.get("text", "") for part in content if part.get("type") == "text")
+
+
+def routing_prompt(messages: list[Message]) -> str:
+    """What the router sees: the last user message (the question being asked now)."""
+    users = [m for m in messages if m.role == "user"]
+    return text_of((users or messages)[-1].content)
