@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 MIRROR ?= $(wildcard ../shared/datasets)
 MIRROR_ENV := $(if $(MIRROR),ROUTER_ML_DATA_MIRROR=$(abspath $(MIRROR)))
 
-.PHONY: install run test bench default-bundle clean
+.PHONY: install run data test bench default-bundle clean
 
 install: $(STAMP)
 
@@ -19,7 +19,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-run: install
+# The gateway on the default bundle with the offline replay provider (builds the outcomes table first if missing).
+run: install data/outcomes.parquet
+	$(MIRROR_ENV) $(BIN)/router-ml serve
+
+# Rebuild the outcomes table from the pinned public datasets.
+data: install
 	$(MIRROR_ENV) $(BIN)/router-ml datasets prepare
 
 test: install
@@ -32,8 +37,8 @@ bench: install data/outcomes.parquet
 	$(MIRROR_ENV) $(BIN)/python benchmarks/decision_latency.py && \
 	echo "make bench: $$(( $$(date +%s) - start )) s in all"
 
-data/outcomes.parquet:
-	$(MAKE) run
+data/outcomes.parquet: | $(STAMP)
+	$(MIRROR_ENV) $(BIN)/router-ml datasets prepare
 
 # The default router bundle shipped in models/default, rebuilt from the public data.
 default-bundle: install data/outcomes.parquet

@@ -292,6 +292,44 @@ def evaluate_command(
     console.print(f"wrote {out / 'metrics.json'} and {out / 'cost_quality.png'}")
 
 
+@app.command("serve")
+@_clear_errors
+def serve_command(
+    bundle: Annotated[Optional[Path], typer.Option(help="Router bundle (default: $ROUTER_ML_BUNDLE, "
+                                                        "models/default).")] = None,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    workers: Annotated[int, typer.Option(help="uvicorn worker processes.")] = 1,
+    provider: Annotated[Optional[str], typer.Option(help="replay (offline, recorded answers) or openai "
+                                                         "(default: $ROUTER_ML_PROVIDER, replay).")] = None,
+    replay_speed: Annotated[Optional[float], typer.Option(help="Replay latency multiplier (0: no delay).")] = None,
+) -> None:
+    """Serve the OpenAI-compatible gateway: /v1/chat/completions, /v1/route, /v1/models, /healthz, /readyz."""
+    import os
+
+    import uvicorn
+
+    for name, value in (("BUNDLE", bundle), ("PROVIDER", provider), ("REPLAY_SPEED", replay_speed)):
+        if value is not None:
+            os.environ[f"ROUTER_ML_{name}"] = str(value)
+    get_settings.cache_clear()
+    settings = get_settings()
+    if not (settings.static_encoder / "model.safetensors").is_file():
+        _encoder("static")  # built once, about 20 s; every worker then loads it
+    url = f"http://{host}:{port}"
+    console.print(f"router-ml gateway on {url} (bundle {settings.bundle}, provider {settings.provider})\n")
+    console.print("curl:\n  curl -s " + url + "/v1/chat/completions -H 'content-type: application/json' \\\n"
+                  "    -d '{\"model\": \"router-ml/auto\", \"messages\": [{\"role\": \"user\", "
+                  "\"content\": \"What is 17 * 23?\"}]}'\n", markup=False)
+    console.print("openai SDK:\n  from openai import OpenAI\n"
+                  f"  client = OpenAI(base_url=\"{url}/v1\", api_key=\"unused\")\n"
+                  "  reply = client.chat.completions.create(model=\"router-ml/auto\", "
+                  "messages=[{\"role\": \"user\", \"content\": \"What is 17 * 23?\"}])\n"
+                  "  print(reply.model, reply.choices[0].message.content)\n", markup=False)
+    uvicorn.run("router_ml.serve.main:build_app", factory=True, host=host, port=port, workers=workers,
+                log_level="warning")
+
+
 def _print_frame(title: str, frame: pl.DataFrame, floats: str = "{:.4g}") -> None:
     table = Table(title=title, title_justify="left")
     for name in frame.columns:

@@ -28,6 +28,16 @@ class Settings(BaseSettings):
     manifest: Path = PROJECT_ROOT / "datasets" / "manifest.tsv"
     outcomes_path: Path = PROJECT_ROOT / "data" / "outcomes.parquet"
     github_raw_base: str = "https://raw.githubusercontent.com"
+    bundle: Path = PROJECT_ROOT / "models" / "default"
+    """The router bundle the server loads."""
+    provider: str = "replay"
+    """Upstream for served models: 'replay' (recorded answers, offline) or 'openai' (an OpenAI-compatible URL)."""
+    replay_speed: float = 1.0
+    """Replay latency multiplier: 1 replays recorded latencies, 0 answers at once."""
+    upstream_base_url: str | None = None
+    upstream_api_key: str | None = None
+    store_url: str = f"sqlite:///{PROJECT_ROOT / 'data' / 'calls.db'}"
+    """Call log database (SQLAlchemy URL): SQLite by default, PostgreSQL to scale out."""
     mlflow_uri: str = f"sqlite:///{PROJECT_ROOT / 'mlruns' / 'mlflow.db'}"
     """MLflow tracking store: a local SQLite file by default."""
     mlflow_artifacts: Path = PROJECT_ROOT / "mlruns" / "artifacts"

@@ -9,6 +9,7 @@ policy's ranking; once streaming has started it never switches.
 from __future__ import annotations
 
 import json
+import logging
 import time
 import uuid
 
@@ -23,6 +24,7 @@ from router_ml.serve.schemas import ChatCompletionRequest, routing_prompt
 from router_ml.tokens import count_tokens
 
 router = APIRouter()
+logger = logging.getLogger(__name__)
 MAX_ATTEMPTS = 2
 
 
@@ -56,18 +58,35 @@ def _upstream_request(body: ChatCompletionRequest, model: str) -> ChatRequest:
                        tools=body.tools, tool_choice=body.tool_choice)
 
 
-def _cost(model: str, usage: Usage | None) -> float | None:
-    if usage is None:
-        return None
+def _cost(model: str, usage: Usage) -> float | None:
+    """USD of the call at the catalog's prices; None for a model without a price (e.g. self-hosted)."""
     try:
         return cost_usd(model, usage.input_tokens, usage.output_tokens)
     except UnknownModelError:
         return None
 
 
+def _counted_usage(body: ChatCompletionRequest, text: str) -> Usage:
+    """Token counts (o200k) for a provider that reported no usage."""
+    sent = "\n".join(str(m.content or "") for m in body.messages)
+    return Usage(count_tokens(sent), count_tokens(text))
+
+
 def _log(state, **call) -> None:
-    if state.store is not None:
+    """Hand the call to the call log. An 'ok' call of a model without a price is logged at cost 0 with
+    the flag 'unpriced'. A row the log rejects is counted and reported, never allowed to fail the answer."""
+    if state.store is None:
+        return
+    call.setdefault("task", "chat")
+    if call.get("status") == "ok":
+        call["cost_source"] = "tokens_x_price"
+        if call.get("cost_usd") is None:
+            call["cost_usd"], call["flags"] = 0.0, ["unpriced"]
+    try:
         state.store.record(call)
+    except ValueError as exc:
+        state.log_rejects += 1
+        logger.error("call %s not logged: %s", call.get("call_id"), exc)
 
 
 @router.post("/v1/chat/completions")
@@ -137,12 +156,12 @@ async def _stream(state, body, models, decision, base, started):
             if not exc.retryable:
                 break
             continue
-        return StreamingResponse(_relay(state, model, stream, first, base, started), media_type="text/event-stream",
+        return StreamingResponse(_relay(state, body, model, stream, first, base, started), media_type="text/event-stream",
                                  headers=_headers(model, None, base["call_id"]))
     raise error
 
 
-async def _relay(state, model, stream, first, base, started):
+async def _relay(state, body, model, stream, first, base, started):
     created, chunk_id = int(time.time()), f"chatcmpl-{base['call_id']}"
     parts, usage, finish = [], None, None
 
@@ -162,18 +181,18 @@ async def _relay(state, model, stream, first, base, started):
                 yield event({"tool_calls": chunk.tool_calls})
             usage, finish = chunk.usage or usage, chunk.finish_reason or finish
             chunk = await anext(stream, None)
+        usage = usage or _counted_usage(body, "".join(parts))
     except ProviderError as exc:  # after the first byte: end the stream with an error event, never switch
         _log(state, **base, model=model, status="error", error=exc.message, http_status=exc.status,
              response="".join(parts), latency_ms=(time.perf_counter() - started) * 1000)
         yield f"data: {json.dumps({'error': {'message': f'upstream: {exc.message}', 'type': 'api_error'}})}\n\n"
         return
     cost = _cost(model, usage)
-    extra = {"router_ml": {"call_id": base["call_id"], "cost_usd": cost}}
-    if usage is not None:
-        extra["usage"] = {"prompt_tokens": usage.input_tokens, "completion_tokens": usage.output_tokens,
-                          "total_tokens": usage.input_tokens + usage.output_tokens}
+    extra = {"router_ml": {"call_id": base["call_id"], "cost_usd": cost},
+             "usage": {"prompt_tokens": usage.input_tokens, "completion_tokens": usage.output_tokens,
+                       "total_tokens": usage.input_tokens + usage.output_tokens}}
     yield event({}, finish or "stop", extra)
     yield "data: [DONE]\n\n"
     _log(state, **base, model=model, status="ok", http_status=200, response="".join(parts),
          latency_ms=(time.perf_counter() - started) * 1000, cost_usd=cost,
-         input_tokens=usage.input_tokens if usage else None, output_tokens=usage.output_tokens if usage else None)
+         input_tokens=usage.input_tokens, output_tokens=usage.output_tokens)

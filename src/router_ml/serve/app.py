@@ -17,6 +17,7 @@ def create_app(bundle_dir: Path, providers: dict, store=None, encoder=None) -> F
     app.state.bundles = BundleHolder(bundle_dir, encoder=encoder)
     app.state.providers = dict(providers)
     app.state.store = store
+    app.state.log_rejects = 0  # calls the call log refused (each also logged as an error)
     errors.install(app)
     for area in (api_meta, api_route, api_chat):
         app.include_router(area.router)

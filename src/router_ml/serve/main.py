@@ -1,0 +1,58 @@
+"""Build the served app from settings (``ROUTER_ML_*``), for ``router-ml serve`` and uvicorn workers.
+
+Providers: ``replay`` (the default: recorded dataset answers, offline) serves every model of the
+bundle from the outcomes table; ``openai`` sends every model to one OpenAI-compatible base URL
+(``ROUTER_ML_UPSTREAM_BASE_URL``, key from ``ROUTER_ML_UPSTREAM_API_KEY``: never from code).
+The call log goes to ``ROUTER_ML_STORE_URL`` (SQLite under data/ by default; a PostgreSQL URL
+scales out) and is flushed when the server shuts down.
+"""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+
+import polars as pl
+
+from router_ml.config import get_settings
+
+
+def providers_for(models: list[str], settings) -> dict:
+    if settings.provider == "replay":
+        from router_ml.serve.providers.replay import ReplayProvider
+
+        if not settings.outcomes_path.is_file():
+            raise ValueError(f"the replay provider needs the outcomes table at {settings.outcomes_path}: "
+                             "run `router-ml datasets prepare` (make run does)")
+        frame = pl.read_parquet(settings.outcomes_path, columns=["prompt", "model", "response", "output_tokens",
+                                                                 "input_tokens", "latency_ms"])
+        replay = ReplayProvider.from_outcomes(frame.filter(pl.col("model").is_in(models)), models,
+                                              speed=settings.replay_speed)
+        return {m: replay for m in models if m in replay.models}
+    if settings.provider == "openai":
+        from router_ml.serve.providers.openai_compat import OpenAICompatProvider
+
+        if not settings.upstream_base_url:
+            raise ValueError("ROUTER_ML_PROVIDER=openai needs ROUTER_ML_UPSTREAM_BASE_URL")
+        upstream = OpenAICompatProvider(settings.upstream_base_url, api_key=settings.upstream_api_key)
+        return {m: upstream for m in models}
+    raise ValueError(f"ROUTER_ML_PROVIDER must be 'replay' or 'openai', not {settings.provider!r}")
+
+
+def build_app():
+    """The app for uvicorn's ``factory=True``: bundle, providers and call log from the settings."""
+    from router_ml.bundle import load_bundle
+    from router_ml.serve.app import create_app
+    from router_ml.serve.store import CallStore
+
+    settings = get_settings()
+    models = load_bundle(settings.bundle).models
+    store = CallStore(settings.store_url)
+    app = create_app(settings.bundle, providers_for(models, settings), store=store)
+
+    @asynccontextmanager
+    async def lifespan(app):
+        yield
+        store.close()  # flush every logged call before the process ends
+
+    app.router.lifespan_context = lifespan
+    return app

@@ -1,0 +1,238 @@
+"""A provider speaking the OpenAI Chat Completions wire format over httpx.
+
+Works for OpenAI and any OpenAI-compatible server (vLLM, Ollama's /v1, OpenRouter, LiteLLM, ...):
+``POST {base_url}/chat/completions``, streamed as server-sent events (``data: {...}`` lines ending with
+``data: [DONE]``). Upstream failures become :class:`ProviderError`:
+
+- 429 -> 429, retryable, ``retry_after`` from the Retry-After (or retry-after-ms) header;
+- 5xx -> 502 (503 and 504 kept), retryable; 408 -> 408, retryable;
+- other 4xx -> the same status, not retryable, with the upstream error message;
+- timeouts -> 504, retryable; connection and other transport errors -> 502, retryable;
+- a body that is not the expected JSON -> 502, not retryable ("malformed");
+- a stream that ends without ``[DONE]`` or a finish_reason -> 502 "stream cut", retryable, raised from the
+  iterator (the caller knows whether it already forwarded part of the answer).
+
+API keys come from the constructor; the caller reads them from its configuration.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import time
+from collections.abc import AsyncIterator
+
+import httpx
+
+from router_ml.serve.providers.base import ChatChunk, ChatRequest, ChatResult, ProviderError, Usage
+from router_ml.tokens import count_tokens
+
+DEFAULT_TIMEOUT = httpx.Timeout(60.0, connect=10.0)
+_OPTIONAL = ("temperature", "top_p", "max_tokens", "stop", "tools", "tool_choice")
+
+
+def _text(content) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "\n".join(str(p.get("text", "")) for p in content if isinstance(p, dict) and p.get("type") == "text")
+    return str(content)
+
+
+def _retry_after(headers: httpx.Headers) -> float | None:
+    """Seconds from Retry-After (seconds or an HTTP date) or retry-after-ms; None when absent or unreadable."""
+    if (ms := headers.get("retry-after-ms")) is not None:
+        try:
+            return max(float(ms) / 1000, 0.0)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(when.timestamp() - time.time(), 0.0)
+
+
+def _error_message(body: bytes) -> str:
+    """The upstream's error message: OpenAI's {"error": {"message": ...}}, or {"error": "..."} (Ollama),
+    {"detail": ...}, {"message": ...}; else the start of the body."""
+    text = body.decode("utf-8", errors="replace").strip()
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return text[:500] or "(empty body)"
+    if isinstance(data, dict):
+        error = data.get("error")
+        if isinstance(error, dict) and error.get("message"):
+            return str(error["message"])
+        for candidate in (error, data.get("detail"), data.get("message")):
+            if candidate:
+                return candidate if isinstance(candidate, str) else json.dumps(candidate)[:500]
+    return text[:500]
+
+
+class OpenAICompatProvider:
+    """Chat completions against ``base_url`` (e.g. ``https://api.openai.com/v1``, ``http://localhost:8000/v1``).
+
+    Pass one shared ``httpx.AsyncClient`` as ``client`` (it is never closed here), or let the provider open
+    its own on first use (closed by :meth:`aclose` or ``async with``). ``timeout`` applies to every request
+    either way. ``headers`` are extra headers sent with each request (e.g. OpenRouter's HTTP-Referer).
+    """
+
+    def __init__(self, base_url: str, api_key: str | None = None, name: str = "openai",
+                 timeout: httpx.Timeout = DEFAULT_TIMEOUT, client: httpx.AsyncClient | None = None,
+                 headers: dict[str, str] | None = None):
+        self.base_url = base_url.rstrip("/")
+        self.url = self.base_url + "/chat/completions"
+        self.name = name
+        self.timeout = timeout
+        self._api_key = api_key
+        self._client = client
+        self._owns_client = client is None
+        self._headers = dict(headers or {})
+
+    def __repr__(self) -> str:  # never shows the key
+        return f"OpenAICompatProvider(name={self.name!r}, base_url={self.base_url!r})"
+
+    @property
+    def client(self) -> httpx.AsyncClient:
+        if self._client is None:
+            self._client = httpx.AsyncClient(timeout=self.timeout)
+        return self._client
+
+    async def aclose(self) -> None:
+        if self._owns_client and self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    async def __aenter__(self) -> OpenAICompatProvider:
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.aclose()
+
+    def _body(self, request: ChatRequest, stream: bool) -> dict:
+        body: dict = {"model": request.model, "messages": request.messages}
+        for key in _OPTIONAL:
+            value = getattr(request, key)
+            if value is not None:
+                body[key] = value
+        if stream:
+            body["stream"] = True
+            body["stream_options"] = {"include_usage": True}
+        return body
+
+    def _request_headers(self) -> dict[str, str]:
+        headers = {"Content-Type": "application/json", **self._headers}
+        if self._api_key:
+            headers["Authorization"] = f"Bearer {self._api_key}"
+        return headers
+
+    def _error(self, message: str, status: int, retryable: bool, retry_after: float | None = None) -> ProviderError:
+        return ProviderError(f"{self.name}: {message}", status=status, retryable=retryable, retry_after=retry_after,
+                             provider=self.name)
+
+    def _http_error(self, response: httpx.Response, body: bytes) -> ProviderError:
+        status = response.status_code
+        message = f"upstream HTTP {status}: {_error_message(body)}"
+        if status == 429:
+            return self._error(message, 429, True, _retry_after(response.headers))
+        if status >= 500:
+            return self._error(message, status if status in (503, 504) else 502, True, _retry_after(response.headers))
+        if status == 408:
+            return self._error(message, 408, True)
+        return self._error(message, status, False)
+
+    def _transport_error(self, exc: httpx.TransportError, what: str = "request") -> ProviderError:
+        if isinstance(exc, httpx.TimeoutException):
+            return self._error(f"upstream timed out ({type(exc).__name__})", 504, True)
+        if isinstance(exc, httpx.ConnectError):
+            return self._error(f"cannot connect to upstream: {exc}", 502, True)
+        return self._error(f"{what} failed: {type(exc).__name__}: {exc}", 502, True)
+
+    def _usage(self, usage: dict | None, request: ChatRequest, text: str) -> Usage:
+        """The upstream's usage; when it reports none, o200k_base counts of what was sent and received."""
+        if isinstance(usage, dict) and usage.get("prompt_tokens") is not None:
+            return Usage(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
+        return Usage(sum(count_tokens(_text(m.get("content"))) for m in request.messages), count_tokens(text))
+
+    async def complete(self, request: ChatRequest) -> ChatResult:
+        try:
+            response = await self.client.post(self.url, json=self._body(request, stream=False),
+                                               headers=self._request_headers(), timeout=self.timeout)
+        except httpx.TransportError as exc:
+            raise self._transport_error(exc) from exc
+        if response.status_code >= 400:
+            raise self._http_error(response, response.content)
+        try:
+            data = response.json()
+            choice = data["choices"][0]
+            message = choice.get("message") or {}
+            text = _text(message.get("content"))
+            tool_calls = message.get("tool_calls") or None
+            finish_reason = choice.get("finish_reason") or ("tool_calls" if tool_calls else "stop")
+            usage = self._usage(data.get("usage"), request, text)
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
+            raise self._error(f"malformed response from upstream: {response.text[:200]!r}", 502, False) from exc
+        return ChatResult(text=text, finish_reason=finish_reason, usage=usage, tool_calls=tool_calls)
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
+        """Content and tool-call deltas as they arrive (tool-call deltas passed through as OpenAI sends them,
+        with their ``index``); the last chunk carries finish_reason and usage."""
+        finish_reason: str | None = None
+        usage: dict | None = None
+        done = False
+        texts: list[str] = []
+        in_body = False
+        try:
+            async with self.client.stream("POST", self.url, json=self._body(request, stream=True),
+                                          headers=self._request_headers(), timeout=self.timeout) as response:
+                if response.status_code >= 400:
+                    raise self._http_error(response, await response.aread())
+                in_body = True
+                async for line in response.aiter_lines():
+                    line = line.strip()
+                    if not line.startswith("data:"):
+                        continue  # blank separators, ": keep-alive" comments, event:/id: fields
+                    payload = line[5:].strip()
+                    if payload == "[DONE]":
+                        done = True
+                        break
+                    try:
+                        event = json.loads(payload)
+                        if not isinstance(event, dict):
+                            raise ValueError("not an object")
+                    except ValueError as exc:
+                        raise self._error(f"malformed stream event from upstream: {payload[:200]!r}", 502,
+                                          False) from exc
+                    if event.get("error"):
+                        raise self._error(f"upstream error in stream: {_error_message(payload.encode())}", 502, True)
+                    if event.get("usage"):
+                        usage = event["usage"]
+                    for choice in event.get("choices") or []:
+                        if not isinstance(choice, dict) or choice.get("index", 0) != 0:
+                            continue
+                        delta = choice.get("delta") or {}
+                        text = _text(delta.get("content"))
+                        tool_calls = delta.get("tool_calls") or None
+                        if text or tool_calls:
+                            texts.append(text)
+                            yield ChatChunk(text=text, tool_calls=tool_calls)
+                        if choice.get("finish_reason"):
+                            finish_reason = choice["finish_reason"]
+        except httpx.TransportError as exc:
+            if isinstance(exc, httpx.TimeoutException) or not in_body:
+                raise self._transport_error(exc) from exc
+            raise self._error(f"stream cut: {type(exc).__name__}: {exc}", 502, True) from exc
+        if not done and finish_reason is None:
+            raise self._error("stream cut: upstream ended the stream without [DONE] or a finish_reason", 502, True)
+        yield ChatChunk(finish_reason=finish_reason or "stop", usage=self._usage(usage, request, "".join(texts)))

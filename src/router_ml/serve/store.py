@@ -1,0 +1,382 @@
+"""The gateway's call log: every served call, one row in the outcomes schema plus call metadata.
+
+``CallStore(url)`` keeps a ``calls`` table (SQLAlchemy Core, portable types only) on SQLite
+(``sqlite:///path``, the default) or PostgreSQL. Its columns are the outcomes columns of
+:mod:`router_ml.data.schema` plus ``call_id`` (uuid4 hex, primary key), ``status`` ('ok' or
+'error'), ``error``, ``http_status``, ``bundle_version``, ``routed`` (chosen by the router, not
+named by the caller), ``policy`` (JSON text) and ``feedback_at``. ``flags`` and ``messages`` are
+JSON text. :meth:`CallStore.outcomes` turns the 'ok' rows back into an outcomes table that
+``router-ml train`` can read; failed calls are never outcomes.
+
+Hot path. :meth:`CallStore.record` checks the row's required fields, stamps ``call_id`` and
+``ts`` and puts it on an in-memory queue: O(1), no I/O, no lock held against the database. A
+single writer thread drains the queue and inserts up to ``batch_size`` rows (500) per
+transaction, at the latest ``interval`` seconds (0.05) after the first row of a batch arrived.
+Hashing (default ``prompt_id``/``group_id``) and JSON encoding happen in the writer.
+
+Durability bound. The gateway calls ``record`` before it sends the response, so every answered
+call is at least in the queue. A clean :meth:`close` (or :meth:`flush`) writes everything
+queued. An abrupt kill of the process (SIGKILL, OOM) loses what is queued and not yet
+committed: the rows recorded during the last batch interval plus the batch being written,
+i.e. about ``interval`` + one insert transaction worth of calls. Measured on SQLite (shared
+2-core machine, short chat rows): ``record`` ~12 us; a 500-row batch commits in ~17 ms (max
+~55 ms); a single call is committed ~52 ms after ``record``; the writer sustains ~17k rows/s.
+So at default settings the loss window is ~70 ms of traffic. Above the writer's throughput the
+queue grows and the window becomes that backlog (the queue is unbounded: memory, not blocking). SQLite runs in WAL mode with
+``synchronous=NORMAL``: committed transactions survive a process kill; an operating-system
+crash or power loss can additionally lose the last commits not yet checkpointed to disk.
+
+Failures. A batch whose insert raises is logged, counted in ``failed_batches`` and retried once;
+if the retry fails too, its rows are inserted one by one so that one bad row cannot sink the
+others, and rows that still fail are logged with their ``call_id`` at ERROR, counted in
+``lost_rows`` and kept in ``dead_letter`` (the rows as queued). Nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import polars as pl
+import sqlalchemy as sa
+
+from router_ml.data import schema
+from router_ml.data.dedup import normalize_text, text_hash
+from router_ml.data.importers.common import prompt_id as stable_prompt_id
+
+log = logging.getLogger(__name__)
+
+STATUSES = ("ok", "error")
+EXTRA_COLUMNS = ("call_id", "status", "error", "http_status", "bundle_version", "routed", "policy", "feedback_at")
+ALL_COLUMNS = tuple(c.name for c in schema.COLUMNS) + EXTRA_COLUMNS
+# Fields a caller must give for every call; an 'ok' call must give every non-null outcomes column
+# except those the store derives (prompt_id, group_id from the prompt; source, flags by default).
+_DERIVED = {"prompt_id", "group_id", "source", "flags"}
+REQUIRED_ALWAYS = ("prompt", "model", "task", "http_status")
+REQUIRED_OK = tuple(n for n in schema.NON_NULL if n not in _DERIVED and n not in REQUIRED_ALWAYS)
+_JSON_COLUMNS = ("flags", "policy", "messages")
+
+metadata = sa.MetaData()
+calls = sa.Table(
+    "calls",
+    metadata,
+    sa.Column("call_id", sa.String(32), primary_key=True),
+    # Outcomes columns. Nullable in the database because a failed call may lack tokens or cost;
+    # outcomes() only returns 'ok' rows, which record() checked to be complete.
+    sa.Column("prompt_id", sa.String(64), nullable=False),
+    sa.Column("prompt", sa.Text, nullable=False),
+    sa.Column("messages", sa.Text),
+    sa.Column("model", sa.String(200), nullable=False),
+    sa.Column("quality", sa.Float),
+    sa.Column("input_tokens", sa.BigInteger),
+    sa.Column("output_tokens", sa.BigInteger),
+    sa.Column("cost_usd", sa.Float),
+    sa.Column("cost_source", sa.String(32)),
+    sa.Column("latency_ms", sa.Float),
+    sa.Column("ts", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("source", sa.String(32), nullable=False),
+    sa.Column("task", sa.String(200), nullable=False),
+    sa.Column("split", sa.String(32)),
+    sa.Column("group_id", sa.String(64), nullable=False),
+    sa.Column("tenant", sa.String(200)),
+    sa.Column("response", sa.Text),
+    sa.Column("flags", sa.Text, nullable=False),
+    # Call metadata.
+    sa.Column("status", sa.String(8), nullable=False),
+    sa.Column("error", sa.Text),
+    sa.Column("http_status", sa.Integer, nullable=False),
+    sa.Column("bundle_version", sa.String(200)),
+    sa.Column("routed", sa.Boolean, nullable=False, default=False),
+    sa.Column("policy", sa.Text),
+    sa.Column("feedback_at", sa.DateTime(timezone=True)),
+    sa.CheckConstraint("status IN ('ok', 'error')", name="calls_status"),
+    sa.Index("calls_status_feedback", "status", "feedback_at"),
+)
+
+
+class _Flush:
+    """Queue marker: the writer sets ``done`` once every row queued before it is written."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+
+
+_STOP = object()
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _check_quality(quality: Any) -> float:
+    if isinstance(quality, bool) or not isinstance(quality, (int, float)) or math.isnan(quality):
+        raise ValueError(f"quality must be a number in [0, 1], got {quality!r}")
+    if not 0.0 <= quality <= 1.0:
+        raise ValueError(f"quality must be in [0, 1], got {quality!r}")
+    return float(quality)
+
+
+class CallStore:
+    """Call log of the gateway; see the module docstring for the write path and its durability."""
+
+    def __init__(self, url: str, batch_size: int = 500, interval: float = 0.05, retry_delay: float = 0.05):
+        self.url = url
+        self.batch_size = batch_size
+        self.interval = interval
+        self.retry_delay = retry_delay
+        self.failed_batches = 0
+        self.lost_rows = 0
+        self.written_rows = 0
+        self.dead_letter: list[dict] = []
+        self.engine = self._engine(url)
+        metadata.create_all(self.engine)
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._closed = False
+        self._close_lock = threading.Lock()
+        self._writer = threading.Thread(target=self._run, name="call-store-writer", daemon=True)
+        self._writer.start()
+
+    @staticmethod
+    def _engine(url: str) -> sa.Engine:
+        if not url.startswith("sqlite"):
+            return sa.create_engine(url, pool_pre_ping=True)
+        engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+
+        @sa.event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn, _record):  # noqa: ANN001
+            cursor = dbapi_conn.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.close()
+
+        return engine
+
+    # ----------------------------------------------------------------- hot path
+    def record(self, call: dict) -> str:
+        """Queue one call row and return its ``call_id``; never touches the database.
+
+        ``call`` holds outcomes columns and call metadata by name. Required: prompt, model, task,
+        http_status; for ``status='ok'`` (the default) also input_tokens, cost_usd, cost_source.
+        Defaults: call_id (uuid4 hex), ts (now, UTC), status 'ok', source 'gateway', flags [],
+        routed False, prompt_id and group_id derived from the prompt. Unknown keys, a missing
+        required field, a bad status or a quality outside [0, 1] raise ValueError naming it.
+        """
+        if self._closed:
+            raise RuntimeError("CallStore is closed")
+        row = dict(call)
+        unknown = row.keys() - set(ALL_COLUMNS)
+        if unknown:
+            raise ValueError(f"unknown call field(s): {', '.join(sorted(unknown))}")
+        status = row.setdefault("status", "ok")
+        if status not in STATUSES:
+            raise ValueError(f"status must be one of {STATUSES}, got {status!r}")
+        for name in REQUIRED_ALWAYS + (REQUIRED_OK if status == "ok" else ()):
+            if row.get(name) is None:
+                raise ValueError(f"call field {name!r} is required (status={status!r})")
+        if row.get("quality") is not None:
+            row["quality"] = _check_quality(row["quality"])
+        cost_source = row.get("cost_source")
+        if cost_source is not None and cost_source not in schema.COST_SOURCES:
+            raise ValueError(f"cost_source must be one of {schema.COST_SOURCES}, got {cost_source!r}")
+        if row.get("call_id") is None:
+            row["call_id"] = uuid.uuid4().hex
+        if row.get("ts") is None:
+            row["ts"] = datetime.now(UTC)
+        self._queue.put(row)
+        return row["call_id"]
+
+    # ----------------------------------------------------------------- writer
+    def _prepare(self, row: dict) -> dict:
+        """Complete a queued row into a full ``calls`` row (runs in the writer thread)."""
+        out = dict.fromkeys(ALL_COLUMNS)
+        out.update(row)
+        out["source"] = out["source"] or "gateway"
+        out["status"] = out["status"] or "ok"
+        out["routed"] = bool(out["routed"])
+        out["ts"] = _utc(out["ts"])
+        if out["prompt_id"] is None:
+            out["prompt_id"] = stable_prompt_id(out["source"], out["task"], out["prompt"])
+        if out["group_id"] is None:
+            out["group_id"] = "g" + text_hash(normalize_text(out["prompt"]))[:15]
+        out["flags"] = out["flags"] if out["flags"] is not None else []
+        for name in _JSON_COLUMNS:
+            if out[name] is not None and not isinstance(out[name], str):
+                out[name] = json.dumps(out[name], ensure_ascii=False)
+        return out
+
+    def _insert(self, rows: Sequence[dict]) -> None:
+        """Insert ``rows`` in one transaction (the unit a failure retries)."""
+        with self.engine.begin() as conn:
+            conn.execute(calls.insert(), [self._prepare(r) for r in rows])
+
+    def _write(self, batch: list[dict]) -> None:
+        for attempt in (1, 2):
+            try:
+                self._insert(batch)
+                self.written_rows += len(batch)
+                return
+            except Exception:
+                self.failed_batches += 1
+                log.exception("call store: inserting a batch of %d row(s) failed (attempt %d of 2)",
+                              len(batch), attempt)
+                if attempt == 1:
+                    time.sleep(self.retry_delay)
+        for row in batch:  # the batch failed twice: save what can be saved, row by row
+            try:
+                self._insert([row])
+                self.written_rows += 1
+            except Exception:
+                self.lost_rows += 1
+                self.dead_letter.append(row)
+                log.exception("call store: call %s could not be written; kept in dead_letter", row.get("call_id"))
+
+    def _run(self) -> None:
+        batch: list[dict] = []
+        markers: list[_Flush] = []
+        stop = False
+        while not stop:
+            item = self._queue.get()
+            deadline = time.monotonic() + self.interval
+            while True:
+                if item is _STOP:
+                    stop = True
+                    break
+                if isinstance(item, _Flush):
+                    markers.append(item)
+                    break
+                batch.append(item)
+                if len(batch) >= self.batch_size:
+                    break
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                try:
+                    item = self._queue.get(timeout=remaining)
+                except queue.Empty:
+                    break
+            if batch:
+                try:
+                    self._write(batch)
+                except Exception:  # _write catches DB errors; this guards against bugs so the thread lives
+                    self.lost_rows += len(batch)
+                    self.dead_letter.extend(batch)
+                    log.exception("call store: writer error; %d row(s) kept in dead_letter", len(batch))
+                batch = []
+            for marker in markers:
+                marker.done.set()
+            markers = []
+
+    # ----------------------------------------------------------------- control
+    def flush(self, timeout: float | None = 60.0) -> None:
+        """Block until every call recorded before this call is written (or dead-lettered)."""
+        if not self._writer.is_alive():
+            return
+        marker = _Flush()
+        self._queue.put(marker)
+        if not marker.done.wait(timeout):
+            raise TimeoutError(f"call store flush did not finish within {timeout} s")
+
+    def close(self) -> None:
+        """Write everything queued and stop the writer thread. Safe to call more than once."""
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._queue.put(_STOP)
+        self._writer.join()
+        # A record() racing with close() may have queued a row behind the stop marker: write it too.
+        leftover = []
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(item, _Flush):
+                item.done.set()
+            elif item is not _STOP:
+                leftover.append(item)
+        if leftover:
+            self._write(leftover)
+        self.engine.dispose()
+
+    def __enter__(self) -> CallStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ----------------------------------------------------------------- reads and feedback
+    @staticmethod
+    def _decode(row: sa.Row) -> dict:
+        out = dict(row._mapping)
+        out["ts"] = _utc(out["ts"])
+        out["feedback_at"] = _utc(out["feedback_at"])
+        out["flags"] = json.loads(out["flags"]) if out["flags"] is not None else []
+        if out["policy"] is not None:
+            out["policy"] = json.loads(out["policy"])
+        return out
+
+    def get(self, call_id: str) -> dict | None:
+        """The stored row of ``call_id`` (flags and policy decoded, messages as JSON text), or None."""
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(calls).where(calls.c.call_id == call_id)).first()
+        return None if row is None else self._decode(row)
+
+    def feedback(self, call_id: str, quality: float) -> dict:
+        """Set the call's quality and ``feedback_at``; return the updated row.
+
+        ValueError when quality is not in [0, 1] or the call failed; KeyError when the id is
+        unknown. A call still in the queue is flushed first, so feedback may follow the answer at once.
+        """
+        quality = _check_quality(quality)
+        update = (sa.update(calls).where(calls.c.call_id == call_id, calls.c.status == "ok")
+                  .values(quality=quality, feedback_at=datetime.now(UTC)))
+        for attempt in (1, 2):
+            with self.engine.begin() as conn:
+                if conn.execute(update).rowcount:
+                    break
+            if attempt == 1:
+                self.flush()
+        else:
+            row = self.get(call_id)
+            if row is None:
+                raise KeyError(f"unknown call_id {call_id!r}")
+            raise ValueError(f"call {call_id!r} has status {row['status']!r}; feedback applies to 'ok' calls")
+        updated = self.get(call_id)
+        assert updated is not None
+        return updated
+
+    def outcomes(self, with_feedback_only: bool = True) -> pl.DataFrame:
+        """The 'ok' calls as an outcomes table (conformed to :data:`router_ml.data.schema.SCHEMA`).
+
+        Failed calls are never returned. With ``with_feedback_only`` (default) only calls that got
+        feedback. The schema allows one row per (prompt_id, model): repeated calls of one prompt on
+        one model keep the latest (by feedback_at, then ts).
+        """
+        query = sa.select(*(calls.c[c.name] for c in schema.COLUMNS), calls.c.feedback_at).where(
+            calls.c.status == "ok")
+        if with_feedback_only:
+            query = query.where(calls.c.feedback_at.is_not(None))
+        with self.engine.connect() as conn:
+            rows = [dict(r._mapping) for r in conn.execute(query)]
+        names = [c.name for c in schema.COLUMNS]
+        data: dict[str, list] = {name: [r[name] for r in rows] for name in names + ["feedback_at"]}
+        data["flags"] = [json.loads(f) for f in data["flags"]]
+        data["ts"] = [_utc(t) for t in data["ts"]]
+        data["feedback_at"] = [_utc(t) for t in data["feedback_at"]]
+        frame = pl.DataFrame(data, schema={**schema.SCHEMA, "feedback_at": pl.Datetime("us", "UTC")}, strict=False)
+        frame = (frame.sort("feedback_at", "ts", nulls_last=False)
+                 .unique(["prompt_id", "model"], keep="last", maintain_order=True)
+                 .drop("feedback_at"))
+        return schema.conform(frame)
+

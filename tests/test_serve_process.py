@@ -1,0 +1,87 @@
+"""`router-ml serve` as a real process on loopback: the openai SDK (sync) talks to it, the replay
+provider answers from RouterBench's recorded responses, and the call log survives shutdown."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import openai
+import polars as pl
+import pytest
+import sqlalchemy as sa
+
+from router_ml.data.prepare import prepare
+from router_ml.data.report import ImportReport
+from router_ml.embed import StaticEncoder
+from router_ml.train import TrainConfig, run
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(mini_files, static_encoder_dir, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("serve")
+    outcomes = prepare(mini_files, ImportReport(), encoder=None)
+    outcomes.write_parquet(tmp / "outcomes.parquet")
+    config = TrainConfig(name="serve", router="linear", sources=["routerbench"], min_prompts=50, n_trials=0)
+    run(config, outcomes, StaticEncoder(static_encoder_dir), tmp / "bundle")
+    port = _free_port()
+    env = {**os.environ, "ROUTER_ML_BUNDLE": str(tmp / "bundle"), "ROUTER_ML_STATIC_ENCODER": str(static_encoder_dir),
+           "ROUTER_ML_OUTCOMES_PATH": str(tmp / "outcomes.parquet"), "ROUTER_ML_REPLAY_SPEED": "0",
+           "ROUTER_ML_STORE_URL": f"sqlite:///{tmp / 'calls.db'}"}
+    process = subprocess.Popen([sys.executable, "-m", "router_ml.cli", "serve", "--port", str(port)], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0)
+    while True:
+        try:
+            client.models.list()
+            break
+        except openai.APIConnectionError:
+            if process.poll() is not None or time.time() > deadline:
+                process.kill()
+                pytest.fail(f"server did not start: {process.stdout.read()}")
+            time.sleep(0.3)
+    recorded = outcomes.filter(pl.col("source") == "routerbench").select("prompt", "model", "response")
+    yield process, client, recorded, tmp / "calls.db"
+    if process.poll() is None:
+        process.kill()
+
+
+def test_sdk_gets_the_recorded_answer_of_the_model_the_router_chose(server):
+    _, client, recorded, _ = server
+    prompt = recorded["prompt"][0]
+    reply = client.chat.completions.create(model="router-ml/auto", messages=[{"role": "user", "content": prompt}])
+    expected = recorded.filter((pl.col("prompt") == prompt) & (pl.col("model") == reply.model))["response"][0]
+    assert reply.choices[0].message.content == expected
+    assert reply.usage.completion_tokens > 0
+    streamed = client.chat.completions.create(model=reply.model, stream=True,
+                                              messages=[{"role": "user", "content": prompt}])
+    assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == expected
+
+
+def test_every_answered_call_is_in_the_log_after_shutdown(server):
+    process, client, recorded, db = server
+    prompts = recorded["prompt"].unique().to_list()[:20]
+    ids = []
+    for prompt in prompts:
+        raw = client.chat.completions.with_raw_response.create(model="router-ml/auto",
+                                                               messages=[{"role": "user", "content": prompt}])
+        ids.append(raw.headers["x-router-ml-call-id"])
+    process.send_signal(signal.SIGTERM)
+    process.wait(timeout=30)
+    with sa.create_engine(f"sqlite:///{db}").connect() as connection:
+        logged = {row[0]: row[1:] for row in connection.execute(
+            sa.text("select call_id, status, model, cost_usd, input_tokens from calls"))}
+    missing = [i for i in ids if i not in logged]
+    assert not missing, f"{len(missing)} answered calls missing from the log"
+    assert all(logged[i][0] == "ok" and logged[i][2] > 0 and logged[i][3] > 0 for i in ids)

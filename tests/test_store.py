@@ -1,0 +1,256 @@
+"""The gateway call log (router_ml.serve.store) on SQLite.
+
+Rows are gateway call records built here: a few hand-written prompts, token counts from
+router_ml.tokens and costs from router_ml.pricing. They carry no model answer and no quality
+of their own; every quality below is test feedback set through CallStore.feedback.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import UTC, datetime
+
+import polars as pl
+import pytest
+import sqlalchemy as sa
+
+from router_ml.data import schema
+from router_ml.pricing import cost_usd
+from router_ml.serve.store import CallStore
+from router_ml.tokens import count_tokens
+
+PROMPTS = (
+    "What is the capital of Australia?",
+    "Write a Python function that returns the n-th Fibonacci number.",
+    "Summarize the causes of the French Revolution in three sentences.",
+    "A train travels 120 km in 1.5 hours. What is its average speed in km/h?",
+    "Translate 'good morning' into Spanish and German.",
+)
+MODELS = ("Meta-Llama-3-8B-Instruct", "Meta-Llama-3-70B-Instruct")
+TOKENS = {p: count_tokens(p) for p in PROMPTS}
+
+
+def call_row(i: int, prompt: str | None = None, model: str | None = None, **extra) -> dict:
+    prompt = prompt or PROMPTS[i % len(PROMPTS)]
+    model = model or MODELS[i % len(MODELS)]
+    tokens = TOKENS.get(prompt) or count_tokens(prompt)
+    row = {
+        "prompt": prompt,
+        "model": model,
+        "task": "chat",
+        "input_tokens": tokens,
+        "cost_usd": cost_usd(model, tokens, None),
+        "cost_source": "prompt_x_price",
+        "latency_ms": 100.0 + i,
+        "tenant": f"tenant-{i % 3}",
+        "http_status": 200,
+        "bundle_version": "bundle-test-1",
+        "routed": i % 2 == 0,
+        "policy": {"max_cost_usd": 0.01} if i % 2 == 0 else None,
+        "flags": [],
+    }
+    row.update(extra)
+    return row
+
+
+def error_row(i: int, **extra) -> dict:
+    row = {"prompt": PROMPTS[i % len(PROMPTS)], "model": MODELS[0], "task": "chat", "status": "error",
+           "error": "upstream timeout", "http_status": 504, "routed": False, "tenant": "tenant-0"}
+    row.update(extra)
+    return row
+
+
+def db_count(url: str) -> int:
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return conn.execute(sa.text("SELECT count(*) FROM calls")).scalar_one()
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture
+def url(tmp_path) -> str:
+    return f"sqlite:///{tmp_path / 'calls.db'}"
+
+
+@pytest.fixture
+def store(url):
+    s = CallStore(url, retry_delay=0.0)
+    yield s
+    s.close()
+
+
+def test_concurrent_record_then_flush_writes_every_call(store, url):
+    threads, per_thread = 4, 250
+    ids: list[list[tuple[str, int]]] = [[] for _ in range(threads)]
+
+    def work(t: int) -> None:
+        for k in range(per_thread):
+            i = t * per_thread + k
+            ids[t].append((store.record(call_row(i)), i))
+
+    workers = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    store.flush()
+    assert db_count(url) == threads * per_thread
+    assert store.written_rows == threads * per_thread and store.failed_batches == 0
+    for call_id, i in (pair for chunk in ids for pair in chunk[::25]):
+        row = store.get(call_id)
+        expected = call_row(i)
+        assert row is not None and len(call_id) == 32
+        for name in ("prompt", "model", "task", "input_tokens", "cost_usd", "cost_source", "latency_ms", "tenant",
+                     "http_status", "bundle_version", "routed", "policy", "flags"):
+            assert row[name] == expected[name], name
+        assert row["status"] == "ok" and row["source"] == "gateway" and row["quality"] is None
+        assert row["error"] is None and row["feedback_at"] is None
+        assert row["ts"].tzinfo is not None and abs((datetime.now(UTC) - row["ts"]).total_seconds()) < 60
+        assert row["prompt_id"] and row["group_id"].startswith("g")
+
+
+def test_close_flushes_and_is_idempotent(url):
+    s = CallStore(url, interval=10.0, batch_size=100_000)
+    ids = [s.record(call_row(i)) for i in range(50)]
+    s.close()
+    s.close()
+    assert db_count(url) == 50
+    with pytest.raises(RuntimeError):
+        s.record(call_row(0))
+    reopened = CallStore(url)  # tables exist already: opening again keeps the rows
+    assert reopened.get(ids[-1])["latency_ms"] == 149.0
+    reopened.close()
+
+
+def test_record_does_not_touch_the_database(url):
+    s = CallStore(url, interval=30.0, batch_size=100_000)
+    try:
+        rows = [call_row(i) for i in range(10_000)]
+        start = time.perf_counter()
+        for row in rows:
+            s.record(row)
+        elapsed = time.perf_counter() - start
+        assert elapsed < 1.0, f"10k record() calls took {elapsed:.2f} s"
+        assert db_count(url) == 0  # nothing written until the interval, the batch size or a flush
+        s.flush()
+        assert db_count(url) == 10_000
+    finally:
+        s.close()
+
+
+def test_record_rejects_incomplete_rows(store):
+    with pytest.raises(ValueError, match="input_tokens"):
+        store.record({k: v for k, v in call_row(0).items() if k != "input_tokens"})
+    with pytest.raises(ValueError, match="status"):
+        store.record(call_row(0, status="maybe"))
+    with pytest.raises(ValueError, match="colour"):
+        store.record(call_row(0, colour="red"))
+    with pytest.raises(ValueError, match="quality"):
+        store.record(call_row(0, quality=1.5))
+    with pytest.raises(ValueError, match="cost_source"):
+        store.record(call_row(0, cost_source="guessed"))
+    store.record(error_row(0))  # a failed call needs no tokens or cost
+    store.flush()
+    assert store.lost_rows == 0
+
+
+def test_feedback_sets_quality_and_is_validated(store):
+    call_id = store.record(call_row(1))
+    row = store.feedback(call_id, 0.75)  # still queued: feedback flushes it first
+    assert row["quality"] == 0.75 and row["feedback_at"] is not None
+    assert store.get(call_id)["quality"] == 0.75
+    assert store.feedback(call_id, 1)["quality"] == 1.0
+    for bad in (-0.1, 1.01, float("nan"), "0.5", True):
+        with pytest.raises(ValueError, match="quality"):
+            store.feedback(call_id, bad)
+    assert store.get(call_id)["quality"] == 1.0
+    with pytest.raises(KeyError, match="no-such-call"):
+        store.feedback("no-such-call", 0.5)
+    failed = store.record(error_row(2))
+    with pytest.raises(ValueError, match="error"):
+        store.feedback(failed, 0.5)
+    assert store.get("no-such-call") is None
+
+
+def test_outcomes_only_ok_rows_with_feedback(store):
+    ok_ids = {}
+    for i, prompt in enumerate(PROMPTS):
+        for model in MODELS:
+            ok_ids[prompt, model] = store.record(call_row(i, prompt=prompt, model=model))
+    error_ids = [store.record(error_row(i)) for i in range(5)]
+    store.flush()
+    assert store.outcomes().height == 0
+    graded = list(ok_ids.items())[:6]
+    for k, (_, call_id) in enumerate(graded):
+        store.feedback(call_id, k / 5)
+    for call_id in error_ids:
+        with pytest.raises(ValueError):
+            store.feedback(call_id, 1.0)
+
+    out = store.outcomes()
+    schema.validate(out)
+    assert out.schema == schema.SCHEMA and out.height == 6
+    assert set(out["source"]) == {"gateway"} and out["quality"].null_count() == 0
+    expected = {(p, m): k / 5 for k, ((p, m), _) in enumerate(graded)}
+    got = {(r["prompt"], r["model"]): r["quality"] for r in out.iter_rows(named=True)}
+    assert got == pytest.approx(expected)
+    assert not set(out["prompt"]) - set(PROMPTS)
+
+    everything = store.outcomes(with_feedback_only=False)
+    schema.validate(everything)
+    assert everything.height == len(ok_ids)  # the 5 failed calls are never outcomes
+    assert everything["quality"].null_count() == len(ok_ids) - 6
+
+
+def test_outcomes_keep_latest_feedback_of_a_repeated_prompt(store):
+    first = store.record(call_row(0, prompt=PROMPTS[0], model=MODELS[0]))
+    second = store.record(call_row(1, prompt=PROMPTS[0], model=MODELS[0]))
+    store.flush()
+    store.feedback(second, 0.2)
+    time.sleep(0.01)
+    store.feedback(first, 0.9)
+    out = store.outcomes()
+    schema.validate(out)
+    assert out.height == 1 and out["quality"][0] == 0.9
+    assert out.filter(pl.col("model") == MODELS[0])["latency_ms"][0] == 100.0
+
+
+def test_failing_batch_is_retried_and_counted(store, url, monkeypatch, caplog):
+    real_insert = store._insert
+    calls = {"n": 0}
+
+    def flaky(rows):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise sa.exc.OperationalError("INSERT", {}, Exception("database is locked"))
+        return real_insert(rows)
+
+    monkeypatch.setattr(store, "_insert", flaky)
+    ids = [store.record(call_row(i)) for i in range(20)]
+    store.flush()
+    assert store.failed_batches == 1 and store.lost_rows == 0
+    assert db_count(url) == 20 and all(store.get(c) is not None for c in ids)
+    assert "attempt 1 of 2" in caplog.text
+
+    ids = [store.record(call_row(i)) for i in range(20, 30)]  # the writer carries on after the failure
+    store.flush()
+    assert db_count(url) == 30 and store.failed_batches == 1
+
+
+def test_a_bad_row_does_not_sink_its_batch(url, caplog):
+    s = CallStore(url, interval=10.0, batch_size=100_000, retry_delay=0.0)
+    try:
+        s.record(call_row(0, call_id="a" * 32))
+        s.record(call_row(1))
+        s.record(call_row(2, call_id="a" * 32))  # duplicate primary key: the batch fails twice
+        s.record(call_row(3))
+        s.flush()
+        assert s.failed_batches == 2 and s.lost_rows == 1
+        assert db_count(url) == 3
+        assert [r["latency_ms"] for r in s.dead_letter] == [102.0]
+        assert "kept in dead_letter" in caplog.text
+    finally:
+        s.close()
