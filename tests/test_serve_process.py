@@ -85,3 +85,40 @@ def test_every_answered_call_is_in_the_log_after_shutdown(server):
     missing = [i for i in ids if i not in logged]
     assert not missing, f"{len(missing)} answered calls missing from the log"
     assert all(logged[i][0] == "ok" and logged[i][2] > 0 and logged[i][3] > 0 for i in ids)
+
+
+def test_feedback_labels_a_logged_call_and_errors_name_the_field(mini_files, static_encoder_dir, tmp_path):
+    import asyncio
+
+    import httpx
+
+    from fake_provider import HandlerProvider
+    from router_ml.serve.app import create_app
+    from router_ml.serve.store import CallStore
+
+    outcomes = prepare(mini_files, ImportReport(), encoder=None)
+    config = TrainConfig(name="fb", router="linear", sources=["routerbench"], min_prompts=50, n_trials=0)
+    meta = run(config, outcomes, StaticEncoder(static_encoder_dir), tmp_path / "bundle").meta
+    store = CallStore(f"sqlite:///{tmp_path / 'calls.db'}")
+    app = create_app(tmp_path / "bundle", {m: HandlerProvider(lambda r: "four") for m in meta["models"]}, store=store,
+                     encoder=StaticEncoder(static_encoder_dir))
+
+    async def go():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
+            answer = await client.post("/v1/chat/completions", json={
+                "model": "router-ml/auto", "messages": [{"role": "user", "content": "2 + 2?"}]})
+            call_id = answer.headers["x-router-ml-call-id"]
+            return [await client.post("/v1/feedback", json={"call_id": call_id, "thumbs": "up"}),
+                    await client.post("/v1/feedback", json={"call_id": "nope", "quality": 0.5}),
+                    await client.post("/v1/feedback", json={"call_id": call_id, "quality": 1.5}),
+                    await client.post("/v1/feedback", json={"call_id": call_id})]
+
+    ok, unknown, out_of_range, neither = asyncio.run(go())
+    assert ok.status_code == 200 and ok.json()["quality"] == 1.0
+    assert unknown.status_code == 404 and "call_id" in unknown.json()["error"]["message"]
+    assert out_of_range.status_code == 400 and "quality" in out_of_range.json()["error"]["message"]
+    assert neither.status_code == 400 and "thumbs" in neither.json()["error"]["message"]
+    labeled = store.outcomes()
+    store.close()
+    assert labeled.height == 1 and labeled["quality"][0] == 1.0 and labeled["source"][0] == "gateway"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
-from router_ml.serve import api_chat, api_meta, api_route, errors
+from router_ml.serve import api_chat, api_feedback, api_meta, api_route, errors
 from router_ml.serve.state import BundleHolder
 
 
@@ -19,6 +19,6 @@ def create_app(bundle_dir: Path, providers: dict, store=None, encoder=None) -> F
     app.state.store = store
     app.state.log_rejects = 0  # calls the call log refused (each also logged as an error)
     errors.install(app)
-    for area in (api_meta, api_route, api_chat):
+    for area in (api_meta, api_route, api_chat, api_feedback):
         app.include_router(area.router)
     return app

@@ -3,7 +3,7 @@
 :class:`ReplayProvider` is built from an outcomes table (``router_ml.data.schema``): for every model it
 indexes prompt -> recorded response (and the row's output tokens and latency when known). A request whose
 user prompt was recorded for the requested model gets exactly that model's recorded answer. Any other
-prompt gets the recorded response of a deterministic pick among that model's recorded responses (a hash
+prompt gets the recorded response of a deterministic pick among that model's recorded open-ended responses (a hash
 of the prompt and the seed): this is an offline demo of the gateway's plumbing (routing, streaming,
 logging, cost), not a real answer to the question, but the text, its length and its cost are those of a
 real answer of that model. An unknown model is a 404 :class:`ProviderError`.
@@ -31,6 +31,7 @@ from router_ml.tokens import _encoding, count_tokens
 FIRST_TOKEN_S = 0.2
 PER_TOKEN_S = 0.010
 WORDS_PER_CHUNK = 4
+MIN_STAND_IN_CHARS = 200
 _PIECES = re.compile(r"\s*\S+\s*|\s+")
 
 
@@ -87,7 +88,10 @@ class ReplayProvider:
             raise ValueError("speed must be >= 0")
         self.name, self.speed, self.seed = name, speed, seed
         self._recorded = recorded
-        self._keys = {model: sorted(rows) for model, rows in recorded.items()}
+        # Stand-in answers for unrecorded prompts come from the model's open-ended answers (a few sentences
+        # at least) where it has any: a one-letter multiple-choice answer reads as broken in a demo.
+        self._keys = {model: sorted(k for k, r in rows.items() if len(r.response) >= MIN_STAND_IN_CHARS) or sorted(rows)
+                      for model, rows in recorded.items()}
 
     @classmethod
     def from_outcomes(cls, frame: pl.DataFrame, models: Iterable[str] | None = None, speed: float = 1.0,
@@ -115,7 +119,7 @@ class ReplayProvider:
 
     def lookup(self, model: str, prompt: str) -> tuple[Recorded, bool]:
         """The recorded answer for ``prompt`` and whether it was recorded for exactly that prompt (else a
-        deterministic pick among the model's recorded answers)."""
+        deterministic pick among the model's recorded open-ended answers)."""
         by_prompt = self._recorded.get(model)
         if not by_prompt:
             known = ", ".join(self.models[:5]) + (", ..." if len(self._recorded) > 5 else "")

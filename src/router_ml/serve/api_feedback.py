@@ -1,0 +1,37 @@
+"""POST /v1/feedback: a quality score for a logged call, the label the next router learns from."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, Field, model_validator
+
+from router_ml.serve.errors import APIError
+
+router = APIRouter()
+
+
+class Feedback(BaseModel):
+    call_id: str = Field(min_length=1)
+    quality: float | None = Field(default=None, ge=0, le=1)
+    thumbs: str | None = Field(default=None, pattern="^(up|down)$")
+
+    @model_validator(mode="after")
+    def one_score(self):
+        if (self.quality is None) == (self.thumbs is None):
+            raise ValueError("give exactly one of quality (0 to 1) or thumbs ('up' or 'down')")
+        return self
+
+
+@router.post("/v1/feedback")
+async def feedback(body: Feedback, request: Request):
+    store = request.app.state.store
+    if store is None:
+        raise APIError(503, "this server keeps no call log, so it takes no feedback")
+    quality = body.quality if body.quality is not None else float(body.thumbs == "up")
+    try:
+        row = store.feedback(body.call_id, quality)
+    except KeyError as exc:
+        raise APIError(404, f"no logged call with call_id {body.call_id!r}", param="call_id") from exc
+    except ValueError as exc:
+        raise APIError(400, str(exc), param="call_id") from exc
+    return {"call_id": body.call_id, "quality": row["quality"], "model": row["model"]}
