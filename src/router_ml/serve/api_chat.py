@@ -156,12 +156,14 @@ async def _stream(state, body, models, decision, base, started):
             if not exc.retryable:
                 break
             continue
-        return StreamingResponse(_relay(state, body, model, stream, first, base, started), media_type="text/event-stream",
-                                 headers=_headers(model, None, base["call_id"]))
+        return StreamingResponse(_relay(state, body, model, stream, first, base, started),
+                                 media_type="text/event-stream", headers=_headers(model, None, base["call_id"]))
     raise error
 
 
 async def _relay(state, body, model, stream, first, base, started):
+    """SSE events of the upstream stream; the upstream request is closed however this ends (a client
+    that goes away closes this generator)."""
     created, chunk_id = int(time.time()), f"chatcmpl-{base['call_id']}"
     parts, usage, finish = [], None, None
 
@@ -170,8 +172,8 @@ async def _relay(state, body, model, stream, first, base, started):
                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}], **(extra or {})}
         return f"data: {json.dumps(payload)}\n\n"
 
-    yield event({"role": "assistant", "content": ""})
     try:
+        yield event({"role": "assistant", "content": ""})
         chunk = first
         while chunk is not None:
             if chunk.text:
@@ -182,17 +184,18 @@ async def _relay(state, body, model, stream, first, base, started):
             usage, finish = chunk.usage or usage, chunk.finish_reason or finish
             chunk = await anext(stream, None)
         usage = usage or _counted_usage(body, "".join(parts))
+        cost = _cost(model, usage)
+        extra = {"router_ml": {"call_id": base["call_id"], "cost_usd": cost},
+                 "usage": {"prompt_tokens": usage.input_tokens, "completion_tokens": usage.output_tokens,
+                           "total_tokens": usage.input_tokens + usage.output_tokens}}
+        yield event({}, finish or "stop", extra)
+        yield "data: [DONE]\n\n"
+        _log(state, **base, model=model, status="ok", http_status=200, response="".join(parts),
+             latency_ms=(time.perf_counter() - started) * 1000, cost_usd=cost,
+             input_tokens=usage.input_tokens, output_tokens=usage.output_tokens)
     except ProviderError as exc:  # after the first byte: end the stream with an error event, never switch
         _log(state, **base, model=model, status="error", error=exc.message, http_status=exc.status,
              response="".join(parts), latency_ms=(time.perf_counter() - started) * 1000)
         yield f"data: {json.dumps({'error': {'message': f'upstream: {exc.message}', 'type': 'api_error'}})}\n\n"
-        return
-    cost = _cost(model, usage)
-    extra = {"router_ml": {"call_id": base["call_id"], "cost_usd": cost},
-             "usage": {"prompt_tokens": usage.input_tokens, "completion_tokens": usage.output_tokens,
-                       "total_tokens": usage.input_tokens + usage.output_tokens}}
-    yield event({}, finish or "stop", extra)
-    yield "data: [DONE]\n\n"
-    _log(state, **base, model=model, status="ok", http_status=200, response="".join(parts),
-         latency_ms=(time.perf_counter() - started) * 1000, cost_usd=cost,
-         input_tokens=usage.input_tokens, output_tokens=usage.output_tokens)
+    finally:
+        await stream.aclose()

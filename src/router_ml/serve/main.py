@@ -3,7 +3,7 @@
 Providers: ``replay`` (the default: recorded dataset answers, offline) serves every model of the
 bundle from the outcomes table; ``openai`` sends every model to one OpenAI-compatible base URL
 (``ROUTER_ML_UPSTREAM_BASE_URL``, key from ``ROUTER_ML_UPSTREAM_API_KEY``: never from code).
-The call log goes to ``ROUTER_ML_STORE_URL`` (SQLite under data/ by default; a PostgreSQL URL
+Every model is served through its own retry and circuit-breaker wrapper. The call log goes to ``ROUTER_ML_STORE_URL`` (SQLite under data/ by default; a PostgreSQL URL
 scales out) and is flushed when the server shuts down.
 """
 
@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 import polars as pl
 
 from router_ml.config import get_settings
+from router_ml.serve.reliability import ReliableProvider
 
 
 def providers_for(models: list[str], settings) -> dict:
@@ -27,14 +28,14 @@ def providers_for(models: list[str], settings) -> dict:
                                                                  "input_tokens", "latency_ms"])
         replay = ReplayProvider.from_outcomes(frame.filter(pl.col("model").is_in(models)), models,
                                               speed=settings.replay_speed)
-        return {m: replay for m in models if m in replay.models}
+        return {m: ReliableProvider(replay, f"replay/{m}") for m in models if m in replay.models}
     if settings.provider == "openai":
         from router_ml.serve.providers.openai_compat import OpenAICompatProvider
 
         if not settings.upstream_base_url:
             raise ValueError("ROUTER_ML_PROVIDER=openai needs ROUTER_ML_UPSTREAM_BASE_URL")
         upstream = OpenAICompatProvider(settings.upstream_base_url, api_key=settings.upstream_api_key)
-        return {m: upstream for m in models}
+        return {m: ReliableProvider(upstream, f"openai/{m}") for m in models}  # one breaker per deployment
     raise ValueError(f"ROUTER_ML_PROVIDER must be 'replay' or 'openai', not {settings.provider!r}")
 
 
