@@ -2,9 +2,10 @@
 
 Providers: ``replay`` (the default: recorded dataset answers, offline) serves every model of the
 bundle from the outcomes table; ``openai`` sends every model to one OpenAI-compatible base URL
-(``ROUTER_ML_UPSTREAM_BASE_URL``, key from ``ROUTER_ML_UPSTREAM_API_KEY``: never from code).
-Every model is served through its own retry and circuit-breaker wrapper. The call log goes to ``ROUTER_ML_STORE_URL`` (SQLite under data/ by default; a PostgreSQL URL
-scales out) and is flushed when the server shuts down.
+(``ROUTER_ML_UPSTREAM_BASE_URL``, key from ``ROUTER_ML_UPSTREAM_API_KEY``: never from code), which
+also reaches OpenRouter (``https://openrouter.ai/api/v1``), vLLM or Ollama. Every model is served
+through its own retry and circuit-breaker wrapper. The call log goes to ``ROUTER_ML_STORE_URL``
+(SQLite under data/ by default; a PostgreSQL URL scales out) and is flushed at shutdown.
 """
 
 from __future__ import annotations

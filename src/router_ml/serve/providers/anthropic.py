@@ -36,7 +36,7 @@ from collections.abc import AsyncIterator
 import httpx
 
 from router_ml.serve.providers.base import ChatChunk, ChatRequest, ChatResult, ProviderError, Usage
-from router_ml.serve.providers.openai_compat import _retry_after, _text
+from router_ml.serve.providers.wire import message_text, retry_after_seconds
 from router_ml.tokens import count_tokens
 
 DEFAULT_TIMEOUT = httpx.Timeout(120.0, connect=10.0)
@@ -153,7 +153,7 @@ def convert_messages(messages: list[dict]) -> tuple[str | None, list[dict]]:
         role = message.get("role")
         content = message.get("content")
         if role in ("system", "developer"):
-            if text := _text(content):
+            if text := message_text(content):
                 system.append(text)
             continue
         if role == "user":
@@ -303,7 +303,7 @@ class AnthropicProvider:
         status = response.status_code
         kind, detail = _error_text(body)
         message = f"upstream HTTP {status}" + (f" {kind}" if kind else "") + f": {detail}"
-        retry_after = _retry_after(response.headers)
+        retry_after = retry_after_seconds(response.headers)
         if status == 429:
             return self._error(message, 429, True, retry_after)
         if status == 529:
@@ -437,7 +437,7 @@ class AnthropicProvider:
         if not done:
             raise self._error("stream cut: upstream ended the stream without message_stop", 502, True)
         if input_tokens is None:
-            input_tokens = sum(count_tokens(_text(m.get("content"))) for m in request.messages)
+            input_tokens = sum(count_tokens(message_text(m.get("content"))) for m in request.messages)
         if output_tokens is None:
             output_tokens = count_tokens("".join(texts))
         yield ChatChunk(finish_reason=_finish_reason(stop_reason, bool(tools)),

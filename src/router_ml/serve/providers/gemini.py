@@ -39,7 +39,7 @@ from collections.abc import AsyncIterator
 import httpx
 
 from router_ml.serve.providers.base import ChatChunk, ChatRequest, ChatResult, ProviderError, Usage
-from router_ml.serve.providers.openai_compat import DEFAULT_TIMEOUT, _retry_after, _text
+from router_ml.serve.providers.wire import DEFAULT_TIMEOUT, message_text, retry_after_seconds
 from router_ml.tokens import count_tokens
 
 DEFAULT_BASE_URL = "https://generativelanguage.googleapis.com"
@@ -68,7 +68,7 @@ def _finish_reason(reason: str | None, has_tool_calls: bool) -> str:
 
 
 def _tool_response(content) -> dict:
-    text = _text(content)
+    text = message_text(content)
     try:
         return {"content": json.loads(text)}
     except ValueError:
@@ -106,14 +106,14 @@ def to_gemini_body(request: ChatRequest) -> dict:
     for message in request.messages:
         role = message.get("role")
         if role in ("system", "developer"):
-            text = _text(message.get("content"))
+            text = message_text(message.get("content"))
             if text:
                 system.append(text)
         elif role == "user":
-            text = _text(message.get("content"))
+            text = message_text(message.get("content"))
             add("user", [{"text": text}] if text else [])
         elif role == "assistant":
-            text = _text(message.get("content"))
+            text = message_text(message.get("content"))
             parts: list[dict] = [{"text": text}] if text else []
             for call in message.get("tool_calls") or []:
                 function = call.get("function") or {}
@@ -288,7 +288,7 @@ class GeminiProvider:
 
     def _http_error(self, response: httpx.Response, body: bytes) -> ProviderError:
         message, delay = _gemini_error(body)
-        retry_after = _retry_after(response.headers)
+        retry_after = retry_after_seconds(response.headers)
         return self._status_error(response.status_code, f"upstream HTTP {response.status_code}: {message}",
                                   delay if retry_after is None else retry_after)
 
@@ -312,7 +312,7 @@ class GeminiProvider:
         if isinstance(metadata, dict) and metadata.get("promptTokenCount") is not None:
             output = int(metadata.get("candidatesTokenCount") or 0) + int(metadata.get("thoughtsTokenCount") or 0)
             return Usage(int(metadata["promptTokenCount"]), output)
-        return Usage(sum(count_tokens(_text(m.get("content"))) for m in request.messages), count_tokens(text))
+        return Usage(sum(count_tokens(message_text(m.get("content"))) for m in request.messages), count_tokens(text))
 
     @staticmethod
     def _parts(candidate: dict) -> list[dict]:

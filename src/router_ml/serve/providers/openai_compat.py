@@ -17,49 +17,16 @@ API keys come from the constructor; the caller reads them from its configuration
 
 from __future__ import annotations
 
-import email.utils
 import json
-import time
 from collections.abc import AsyncIterator
 
 import httpx
 
 from router_ml.serve.providers.base import ChatChunk, ChatRequest, ChatResult, ProviderError, Usage
+from router_ml.serve.providers.wire import DEFAULT_TIMEOUT, message_text, retry_after_seconds
 from router_ml.tokens import count_tokens
 
-DEFAULT_TIMEOUT = httpx.Timeout(60.0, connect=10.0)
 _OPTIONAL = ("temperature", "top_p", "max_tokens", "stop", "tools", "tool_choice")
-
-
-def _text(content) -> str:
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "\n".join(str(p.get("text", "")) for p in content if isinstance(p, dict) and p.get("type") == "text")
-    return str(content)
-
-
-def _retry_after(headers: httpx.Headers) -> float | None:
-    """Seconds from Retry-After (seconds or an HTTP date) or retry-after-ms; None when absent or unreadable."""
-    if (ms := headers.get("retry-after-ms")) is not None:
-        try:
-            return max(float(ms) / 1000, 0.0)
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if value is None:
-        return None
-    try:
-        return max(float(value), 0.0)
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(when.timestamp() - time.time(), 0.0)
 
 
 def _error_message(body: bytes) -> str:
@@ -145,9 +112,9 @@ class OpenAICompatProvider:
         status = response.status_code
         message = f"upstream HTTP {status}: {_error_message(body)}"
         if status == 429:
-            return self._error(message, 429, True, _retry_after(response.headers))
+            return self._error(message, 429, True, retry_after_seconds(response.headers))
         if status >= 500:
-            return self._error(message, status if status in (503, 504) else 502, True, _retry_after(response.headers))
+            return self._error(message, status if status in (503, 504) else 502, True, retry_after_seconds(response.headers))
         if status == 408:
             return self._error(message, 408, True)
         return self._error(message, status, False)
@@ -163,7 +130,7 @@ class OpenAICompatProvider:
         """The upstream's usage; when it reports none, o200k_base counts of what was sent and received."""
         if isinstance(usage, dict) and usage.get("prompt_tokens") is not None:
             return Usage(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
-        return Usage(sum(count_tokens(_text(m.get("content"))) for m in request.messages), count_tokens(text))
+        return Usage(sum(count_tokens(message_text(m.get("content"))) for m in request.messages), count_tokens(text))
 
     async def complete(self, request: ChatRequest) -> ChatResult:
         try:
@@ -177,7 +144,7 @@ class OpenAICompatProvider:
             data = response.json()
             choice = data["choices"][0]
             message = choice.get("message") or {}
-            text = _text(message.get("content"))
+            text = message_text(message.get("content"))
             tool_calls = message.get("tool_calls") or None
             finish_reason = choice.get("finish_reason") or ("tool_calls" if tool_calls else "stop")
             usage = self._usage(data.get("usage"), request, text)
@@ -222,7 +189,7 @@ class OpenAICompatProvider:
                         if not isinstance(choice, dict) or choice.get("index", 0) != 0:
                             continue
                         delta = choice.get("delta") or {}
-                        text = _text(delta.get("content"))
+                        text = message_text(delta.get("content"))
                         tool_calls = delta.get("tool_calls") or None
                         if text or tool_calls:
                             texts.append(text)
