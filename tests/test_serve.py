@@ -127,6 +127,7 @@ def test_failure_before_the_first_byte_falls_back_and_errors_map_to_openai_error
     assert error.status_code == 503 and "upstream" in error.message
     tried = [c["model"] for c in log.calls]
     assert len(tried) == 2 and len(set(tried)) == 2 and all(c["status"] == "error" for c in log.calls)
+    assert len({c["call_id"] for c in log.calls}) == 2  # each attempt is its own row in the call log
 
 
 @pytest.mark.parametrize("body, field", [
@@ -166,3 +167,33 @@ def test_models_health_ready_and_reload(bundle, static_encoder_dir):
     assert ready.json()["bundle_version"] == meta["version"]
     assert {m["id"] for m in models.json()["data"]} == {"router-ml/auto", *meta["models"]}
     assert reload.json()["bundle_version"] == meta["version"]
+
+
+def test_fallback_after_a_retryable_failure_is_answered_and_both_attempts_are_logged(bundle, static_encoder_dir,
+                                                                                      tmp_path):
+    from router_ml.serve.providers.base import ProviderError
+    from router_ml.serve.store import CallStore
+
+    _, meta, prompts = bundle
+    failures = [ProviderError("overloaded", 503, retryable=True, provider="fake")]
+
+    def first_call_fails(request):
+        if failures:
+            raise failures.pop()
+        return f"answer from {request.model}"
+
+    store = CallStore(f"sqlite:///{tmp_path / 'calls.db'}")
+    app = _app(bundle, static_encoder_dir, {m: HandlerProvider(first_call_fails) for m in meta["models"]}, store)
+
+    async def go():
+        raw = await _client(app).chat.completions.with_raw_response.create(
+            model="router-ml/auto", messages=[{"role": "user", "content": prompts[4]}])
+        return raw.headers, raw.parse()
+
+    headers, completion = asyncio.run(go())
+    store.flush()
+    answered = store.get(headers["x-router-ml-call-id"])
+    store.close()
+    assert completion.choices[0].message.content == f"answer from {completion.model}"
+    assert answered["status"] == "ok" and answered["model"] == completion.model
+    assert store.written_rows == 2 and store.lost_rows == 0

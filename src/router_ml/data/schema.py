@@ -58,7 +58,8 @@ COLUMNS: tuple[Column, ...] = (
     Column("response", pl.String(), True, "The model's answer text when the source publishes it."),
     Column("flags", pl.List(pl.String()), False,
            "Caveats on the row: 'contaminated' (RouteLLM found the prompt in its training data), 'no_answer' (no "
-           "answer could be extracted from the output; counted wrong)."),
+           "answer could be extracted from the output; counted wrong), 'unpriced' (gateway call of a model "
+           "without a price: cost_usd is 0, not known)."),
 )
 
 SCHEMA = pl.Schema({c.name: c.dtype for c in COLUMNS})

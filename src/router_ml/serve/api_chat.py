@@ -72,6 +72,13 @@ def _counted_usage(body: ChatCompletionRequest, text: str) -> Usage:
     return Usage(count_tokens(sent), count_tokens(text))
 
 
+def _log_failure(state, base: dict, model: str, exc: ProviderError, started: float, response: str | None = None):
+    """A failed upstream attempt, logged as an error row under its own id (the call's id belongs to
+    the row of the attempt that answered, when one did)."""
+    _log(state, **{**base, "call_id": uuid.uuid4().hex}, model=model, status="error", error=exc.message,
+         http_status=exc.status, response=response, latency_ms=(time.perf_counter() - started) * 1000)
+
+
 def _log(state, **call) -> None:
     """Hand the call to the call log. An 'ok' call of a model without a price is logged at cost 0 with
     the flag 'unpriced'. A row the log rejects is counted and reported, never allowed to fail the answer."""
@@ -109,8 +116,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
             result = await state.providers[model].complete(_upstream_request(body, model))
         except ProviderError as exc:
             error = exc
-            _log(state, **base, model=model, status="error", error=exc.message, http_status=exc.status,
-                 latency_ms=(time.perf_counter() - started) * 1000)
+            _log_failure(state, base, model, exc, started)
             if not exc.retryable:
                 break
             continue
@@ -151,8 +157,7 @@ async def _stream(state, body, models, decision, base, started):
             first = None
         except ProviderError as exc:
             error = exc
-            _log(state, **base, model=model, status="error", error=exc.message, http_status=exc.status,
-                 latency_ms=(time.perf_counter() - started) * 1000)
+            _log_failure(state, base, model, exc, started)
             if not exc.retryable:
                 break
             continue
@@ -194,8 +199,7 @@ async def _relay(state, body, model, stream, first, base, started):
              latency_ms=(time.perf_counter() - started) * 1000, cost_usd=cost,
              input_tokens=usage.input_tokens, output_tokens=usage.output_tokens)
     except ProviderError as exc:  # after the first byte: end the stream with an error event, never switch
-        _log(state, **base, model=model, status="error", error=exc.message, http_status=exc.status,
-             response="".join(parts), latency_ms=(time.perf_counter() - started) * 1000)
+        _log_failure(state, base, model, exc, started, response="".join(parts))
         yield f"data: {json.dumps({'error': {'message': f'upstream: {exc.message}', 'type': 'api_error'}})}\n\n"
     finally:
         await stream.aclose()
