@@ -31,9 +31,12 @@ class Settings(BaseSettings):
     bundle: Path = PROJECT_ROOT / "models" / "default"
     """The router bundle the server loads."""
     provider: str = "replay"
-    """Upstream for served models: 'replay' (recorded answers, offline) or 'openai' (an OpenAI-compatible URL)."""
+    """Upstream for served models: 'replay' (recorded answers, offline), 'openai' (one OpenAI-compatible URL)
+    or 'catalog' (a provider per model, from providers_file)."""
     replay_speed: float = 1.0
     """Replay latency multiplier: 1 replays recorded latencies, 0 answers at once."""
+    providers_file: Path | None = None
+    """Provider catalog (TOML) for ROUTER_ML_PROVIDER=catalog: which provider and key serve each model."""
     upstream_base_url: str | None = None
     upstream_api_key: str | None = None
     store_url: str = f"sqlite:///{PROJECT_ROOT / 'data' / 'calls.db'}"

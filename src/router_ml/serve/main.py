@@ -3,8 +3,9 @@
 Providers: ``replay`` (the default: recorded dataset answers, offline) serves every model of the
 bundle from the outcomes table; ``openai`` sends every model to one OpenAI-compatible base URL
 (``ROUTER_ML_UPSTREAM_BASE_URL``, key from ``ROUTER_ML_UPSTREAM_API_KEY``: never from code), which
-also reaches OpenRouter (``https://openrouter.ai/api/v1``), vLLM or Ollama. Every model is served
-through its own retry and circuit-breaker wrapper. The call log goes to ``ROUTER_ML_STORE_URL``
+also reaches OpenRouter (``https://openrouter.ai/api/v1``), vLLM or Ollama; ``catalog`` reads which
+provider serves each model from ``ROUTER_ML_PROVIDERS_FILE`` (:mod:`router_ml.serve.catalog`).
+Every model is served through its own retry and circuit-breaker wrapper. The call log goes to ``ROUTER_ML_STORE_URL``
 (SQLite under data/ by default; a PostgreSQL URL scales out) and is flushed at shutdown.
 """
 
@@ -30,6 +31,12 @@ def providers_for(models: list[str], settings) -> dict:
         replay = ReplayProvider.from_outcomes(frame.filter(pl.col("model").is_in(models)), models,
                                               speed=settings.replay_speed)
         return {m: ReliableProvider(replay, f"replay/{m}") for m in models if m in replay.models}
+    if settings.provider == "catalog":
+        from router_ml.serve.catalog import load_catalog
+
+        if settings.providers_file is None:
+            raise ValueError("ROUTER_ML_PROVIDER=catalog needs ROUTER_ML_PROVIDERS_FILE (a TOML provider catalog)")
+        return load_catalog(settings.providers_file)
     if settings.provider == "openai":
         from router_ml.serve.providers.openai_compat import OpenAICompatProvider
 
@@ -37,7 +44,7 @@ def providers_for(models: list[str], settings) -> dict:
             raise ValueError("ROUTER_ML_PROVIDER=openai needs ROUTER_ML_UPSTREAM_BASE_URL")
         upstream = OpenAICompatProvider(settings.upstream_base_url, api_key=settings.upstream_api_key)
         return {m: ReliableProvider(upstream, f"openai/{m}") for m in models}  # one breaker per deployment
-    raise ValueError(f"ROUTER_ML_PROVIDER must be 'replay' or 'openai', not {settings.provider!r}")
+    raise ValueError(f"ROUTER_ML_PROVIDER must be 'replay', 'openai' or 'catalog', not {settings.provider!r}")
 
 
 def build_app():

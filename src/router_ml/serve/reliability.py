@@ -15,6 +15,7 @@ import asyncio
 import random
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 from router_ml.serve.providers.base import ChatChunk, ChatRequest, ChatResult, ProviderError
 
@@ -50,11 +51,12 @@ class CircuitBreaker:
 
 
 class ReliableProvider:
-    """``inner`` behind retries and a breaker; ``name`` is the deployment it guards (e.g. provider/model)."""
+    """``inner`` behind retries and a breaker; ``name`` is the deployment it guards (e.g. provider/model).
+    ``upstream_model``, when given, is the name the provider knows the served model by."""
 
     def __init__(self, inner, name: str, retries: int = 2, backoff: float = 0.2, max_backoff: float = 5.0,
-                 breaker: CircuitBreaker | None = None, sleep=asyncio.sleep):
-        self.inner, self.name = inner, name
+                 breaker: CircuitBreaker | None = None, sleep=asyncio.sleep, upstream_model: str | None = None):
+        self.inner, self.name, self.upstream_model = inner, name, upstream_model
         self.retries, self.backoff, self.max_backoff = retries, backoff, max_backoff
         self.breaker = breaker or CircuitBreaker()
         self._sleep = sleep
@@ -70,7 +72,11 @@ class ReliableProvider:
             return min(error.retry_after, self.max_backoff)
         return min(self.backoff * 2 ** attempt, self.max_backoff) * random.uniform(0.5, 1.0)
 
+    def _upstream(self, request: ChatRequest) -> ChatRequest:
+        return replace(request, model=self.upstream_model) if self.upstream_model else request
+
     async def complete(self, request: ChatRequest) -> ChatResult:
+        request = self._upstream(request)
         for attempt in range(self.retries + 1):
             self._check_open()
             try:
@@ -86,6 +92,7 @@ class ReliableProvider:
         raise AssertionError("unreachable")
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
+        request = self._upstream(request)
         for attempt in range(self.retries + 1):
             self._check_open()
             stream = self.inner.stream(request)
