@@ -36,7 +36,7 @@ from collections.abc import AsyncIterator
 import httpx
 
 from router_ml.serve.providers.base import ChatChunk, ChatRequest, ChatResult, ProviderError, Usage
-from router_ml.serve.providers.wire import message_text, retry_after_seconds
+from router_ml.serve.providers.wire import HTTPAdapter, counted_input_tokens, message_text, retry_after_seconds
 from router_ml.tokens import count_tokens
 
 DEFAULT_TIMEOUT = httpx.Timeout(120.0, connect=10.0)
@@ -220,46 +220,17 @@ def _input_tokens(usage: dict) -> int:
                for key in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens"))
 
 
-class AnthropicProvider:
-    """Messages API against ``base_url`` (``https://api.anthropic.com``; a base ending in ``/v1`` works too).
-
-    Pass one shared ``httpx.AsyncClient`` as ``client`` (it is never closed here), or let the provider open
-    its own on first use (closed by :meth:`aclose` or ``async with``). ``timeout`` applies to every request.
-    """
+class AnthropicProvider(HTTPAdapter):
+    """Messages API against ``base_url`` (``https://api.anthropic.com``; a base ending in ``/v1`` works too)."""
 
     def __init__(self, base_url: str = "https://api.anthropic.com", api_key: str | None = None,
                  name: str = "anthropic", timeout: httpx.Timeout = DEFAULT_TIMEOUT,
                  client: httpx.AsyncClient | None = None, default_max_tokens: int = 1024,
                  version: str = DEFAULT_VERSION):
-        self.base_url = base_url.rstrip("/")
+        super().__init__(base_url, api_key, name, timeout, client)
         self.url = self.base_url + ("/messages" if self.base_url.endswith("/v1") else "/v1/messages")
-        self.name = name
-        self.timeout = timeout
         self.default_max_tokens = default_max_tokens
         self.version = version
-        self._api_key = api_key
-        self._client = client
-        self._owns_client = client is None
-
-    def __repr__(self) -> str:  # never shows the key
-        return f"AnthropicProvider(name={self.name!r}, base_url={self.base_url!r})"
-
-    @property
-    def client(self) -> httpx.AsyncClient:
-        if self._client is None:
-            self._client = httpx.AsyncClient(timeout=self.timeout)
-        return self._client
-
-    async def aclose(self) -> None:
-        if self._owns_client and self._client is not None:
-            await self._client.aclose()
-            self._client = None
-
-    async def __aenter__(self) -> AnthropicProvider:
-        return self
-
-    async def __aexit__(self, *exc) -> None:
-        await self.aclose()
 
     # ------------------------------------------------------------ request
 
@@ -295,37 +266,18 @@ class AnthropicProvider:
 
     # ------------------------------------------------------------ errors
 
-    def _error(self, message: str, status: int, retryable: bool, retry_after: float | None = None) -> ProviderError:
-        return ProviderError(f"{self.name}: {message}", status=status, retryable=retryable, retry_after=retry_after,
-                             provider=self.name)
-
     def _http_error(self, response: httpx.Response, body: bytes) -> ProviderError:
         status = response.status_code
         kind, detail = _error_text(body)
         message = f"upstream HTTP {status}" + (f" {kind}" if kind else "") + f": {detail}"
-        retry_after = retry_after_seconds(response.headers)
-        if status == 429:
-            return self._error(message, 429, True, retry_after)
-        if status == 529:
-            return self._error(message, 503, True, retry_after)
-        if status >= 500:
-            return self._error(message, status if status in (503, 504) else 502, True, retry_after)
-        if status == 408:
-            return self._error(message, 408, True)
-        return self._error(message, status, False)
+        # Anthropic's 529 "overloaded" is a 503 to our clients.
+        return self._status_error(503 if status == 529 else status, message, retry_after_seconds(response.headers))
 
     def _event_error(self, data) -> ProviderError:
         kind, detail = _anthropic_error(data)
         status, retryable = ERROR_TYPES.get(kind or "", (502, True))
         return self._error(f"upstream error in stream: {kind or 'error'}: {detail or '(no message)'}",
                            status, retryable)
-
-    def _transport_error(self, exc: httpx.TransportError) -> ProviderError:
-        if isinstance(exc, httpx.TimeoutException):
-            return self._error(f"upstream timed out ({type(exc).__name__})", 504, True)
-        if isinstance(exc, httpx.ConnectError):
-            return self._error(f"cannot connect to upstream: {exc}", 502, True)
-        return self._error(f"request failed: {type(exc).__name__}: {exc}", 502, True)
 
     # ------------------------------------------------------------ calls
 
@@ -437,7 +389,7 @@ class AnthropicProvider:
         if not done:
             raise self._error("stream cut: upstream ended the stream without message_stop", 502, True)
         if input_tokens is None:
-            input_tokens = sum(count_tokens(message_text(m.get("content"))) for m in request.messages)
+            input_tokens = counted_input_tokens(request.messages)
         if output_tokens is None:
             output_tokens = count_tokens("".join(texts))
         yield ChatChunk(finish_reason=_finish_reason(stop_reason, bool(tools)),

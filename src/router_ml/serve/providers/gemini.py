@@ -39,7 +39,8 @@ from collections.abc import AsyncIterator
 import httpx
 
 from router_ml.serve.providers.base import ChatChunk, ChatRequest, ChatResult, ProviderError, Usage
-from router_ml.serve.providers.wire import DEFAULT_TIMEOUT, message_text, retry_after_seconds
+from router_ml.serve.providers.wire import (DEFAULT_TIMEOUT, HTTPAdapter, counted_input_tokens, message_text,
+                                             retry_after_seconds)
 from router_ml.tokens import count_tokens
 
 DEFAULT_BASE_URL = "https://generativelanguage.googleapis.com"
@@ -219,43 +220,14 @@ async def _sse_payloads(response: httpx.Response) -> AsyncIterator[str]:
         yield payload
 
 
-class GeminiProvider:
-    """Gemini models (``gemini-2.5-flash``, ...) through the Generative Language API.
-
-    Pass one shared ``httpx.AsyncClient`` as ``client`` (it is never closed here), or let the provider open
-    its own on first use (closed by :meth:`aclose` or ``async with``). ``timeout`` applies to every request.
-    """
+class GeminiProvider(HTTPAdapter):
+    """Gemini models (``gemini-2.5-flash``, ...) through the Generative Language API."""
 
     def __init__(self, base_url: str = DEFAULT_BASE_URL, api_key: str | None = None, name: str = "gemini",
                  timeout: httpx.Timeout = DEFAULT_TIMEOUT, client: httpx.AsyncClient | None = None,
                  api_version: str = "v1beta"):
-        self.base_url = base_url.rstrip("/")
+        super().__init__(base_url, api_key, name, timeout, client)
         self.api_version = api_version.strip("/")
-        self.name = name
-        self.timeout = timeout
-        self._api_key = api_key
-        self._client = client
-        self._owns_client = client is None
-
-    def __repr__(self) -> str:  # never shows the key
-        return f"GeminiProvider(name={self.name!r}, base_url={self.base_url!r}, api_version={self.api_version!r})"
-
-    @property
-    def client(self) -> httpx.AsyncClient:
-        if self._client is None:
-            self._client = httpx.AsyncClient(timeout=self.timeout)
-        return self._client
-
-    async def aclose(self) -> None:
-        if self._owns_client and self._client is not None:
-            await self._client.aclose()
-            self._client = None
-
-    async def __aenter__(self) -> GeminiProvider:
-        return self
-
-    async def __aexit__(self, *exc) -> None:
-        await self.aclose()
 
     def url(self, model: str, method: str) -> str:
         model = model.removeprefix("models/")
@@ -273,31 +245,11 @@ class GeminiProvider:
         except _BadRequest as exc:
             raise self._error(f"cannot translate request for Gemini: {exc}", 400, False) from exc
 
-    def _error(self, message: str, status: int, retryable: bool, retry_after: float | None = None) -> ProviderError:
-        return ProviderError(f"{self.name}: {message}", status=status, retryable=retryable, retry_after=retry_after,
-                             provider=self.name)
-
-    def _status_error(self, status: int, message: str, retry_after: float | None) -> ProviderError:
-        if status == 429:
-            return self._error(message, 429, True, retry_after)
-        if status >= 500:
-            return self._error(message, status if status in (503, 504) else 502, True, retry_after)
-        if status == 408:
-            return self._error(message, 408, True)
-        return self._error(message, status, False)
-
     def _http_error(self, response: httpx.Response, body: bytes) -> ProviderError:
         message, delay = _gemini_error(body)
         retry_after = retry_after_seconds(response.headers)
         return self._status_error(response.status_code, f"upstream HTTP {response.status_code}: {message}",
                                   delay if retry_after is None else retry_after)
-
-    def _transport_error(self, exc: httpx.TransportError) -> ProviderError:
-        if isinstance(exc, httpx.TimeoutException):
-            return self._error(f"upstream timed out ({type(exc).__name__})", 504, True)
-        if isinstance(exc, httpx.ConnectError):
-            return self._error(f"cannot connect to upstream: {exc}", 502, True)
-        return self._error(f"request failed: {type(exc).__name__}: {exc}", 502, True)
 
     def _blocked(self, data: dict) -> ProviderError | None:
         feedback = data.get("promptFeedback") or {}
@@ -312,7 +264,7 @@ class GeminiProvider:
         if isinstance(metadata, dict) and metadata.get("promptTokenCount") is not None:
             output = int(metadata.get("candidatesTokenCount") or 0) + int(metadata.get("thoughtsTokenCount") or 0)
             return Usage(int(metadata["promptTokenCount"]), output)
-        return Usage(sum(count_tokens(message_text(m.get("content"))) for m in request.messages), count_tokens(text))
+        return Usage(counted_input_tokens(request.messages), count_tokens(text))
 
     @staticmethod
     def _parts(candidate: dict) -> list[dict]:

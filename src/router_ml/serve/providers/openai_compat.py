@@ -23,7 +23,8 @@ from collections.abc import AsyncIterator
 import httpx
 
 from router_ml.serve.providers.base import ChatChunk, ChatRequest, ChatResult, ProviderError, Usage
-from router_ml.serve.providers.wire import DEFAULT_TIMEOUT, message_text, retry_after_seconds
+from router_ml.serve.providers.wire import (DEFAULT_TIMEOUT, HTTPAdapter, counted_input_tokens, message_text,
+                                             retry_after_seconds)
 from router_ml.tokens import count_tokens
 
 _OPTIONAL = ("temperature", "top_p", "max_tokens", "stop", "tools", "tool_choice")
@@ -47,45 +48,19 @@ def _error_message(body: bytes) -> str:
     return text[:500]
 
 
-class OpenAICompatProvider:
+class OpenAICompatProvider(HTTPAdapter):
     """Chat completions against ``base_url`` (e.g. ``https://api.openai.com/v1``, ``http://localhost:8000/v1``).
 
-    Pass one shared ``httpx.AsyncClient`` as ``client`` (it is never closed here), or let the provider open
-    its own on first use (closed by :meth:`aclose` or ``async with``). ``timeout`` applies to every request
-    either way. ``headers`` are extra headers sent with each request (e.g. OpenRouter's HTTP-Referer).
+    ``headers`` are extra headers sent with each request (e.g. OpenRouter's HTTP-Referer); the client
+    handling is :class:`HTTPAdapter`'s.
     """
 
     def __init__(self, base_url: str, api_key: str | None = None, name: str = "openai",
                  timeout: httpx.Timeout = DEFAULT_TIMEOUT, client: httpx.AsyncClient | None = None,
                  headers: dict[str, str] | None = None):
-        self.base_url = base_url.rstrip("/")
+        super().__init__(base_url, api_key, name, timeout, client)
         self.url = self.base_url + "/chat/completions"
-        self.name = name
-        self.timeout = timeout
-        self._api_key = api_key
-        self._client = client
-        self._owns_client = client is None
         self._headers = dict(headers or {})
-
-    def __repr__(self) -> str:  # never shows the key
-        return f"OpenAICompatProvider(name={self.name!r}, base_url={self.base_url!r})"
-
-    @property
-    def client(self) -> httpx.AsyncClient:
-        if self._client is None:
-            self._client = httpx.AsyncClient(timeout=self.timeout)
-        return self._client
-
-    async def aclose(self) -> None:
-        if self._owns_client and self._client is not None:
-            await self._client.aclose()
-            self._client = None
-
-    async def __aenter__(self) -> OpenAICompatProvider:
-        return self
-
-    async def __aexit__(self, *exc) -> None:
-        await self.aclose()
 
     def _body(self, request: ChatRequest, stream: bool) -> dict:
         body: dict = {"model": request.model, "messages": request.messages}
@@ -104,33 +79,16 @@ class OpenAICompatProvider:
             headers["Authorization"] = f"Bearer {self._api_key}"
         return headers
 
-    def _error(self, message: str, status: int, retryable: bool, retry_after: float | None = None) -> ProviderError:
-        return ProviderError(f"{self.name}: {message}", status=status, retryable=retryable, retry_after=retry_after,
-                             provider=self.name)
-
     def _http_error(self, response: httpx.Response, body: bytes) -> ProviderError:
-        status = response.status_code
-        message = f"upstream HTTP {status}: {_error_message(body)}"
-        if status == 429:
-            return self._error(message, 429, True, retry_after_seconds(response.headers))
-        if status >= 500:
-            return self._error(message, status if status in (503, 504) else 502, True, retry_after_seconds(response.headers))
-        if status == 408:
-            return self._error(message, 408, True)
-        return self._error(message, status, False)
-
-    def _transport_error(self, exc: httpx.TransportError, what: str = "request") -> ProviderError:
-        if isinstance(exc, httpx.TimeoutException):
-            return self._error(f"upstream timed out ({type(exc).__name__})", 504, True)
-        if isinstance(exc, httpx.ConnectError):
-            return self._error(f"cannot connect to upstream: {exc}", 502, True)
-        return self._error(f"{what} failed: {type(exc).__name__}: {exc}", 502, True)
+        return self._status_error(response.status_code,
+                                  f"upstream HTTP {response.status_code}: {_error_message(body)}",
+                                  retry_after_seconds(response.headers))
 
     def _usage(self, usage: dict | None, request: ChatRequest, text: str) -> Usage:
         """The upstream's usage; when it reports none, o200k_base counts of what was sent and received."""
         if isinstance(usage, dict) and usage.get("prompt_tokens") is not None:
             return Usage(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
-        return Usage(sum(count_tokens(message_text(m.get("content"))) for m in request.messages), count_tokens(text))
+        return Usage(counted_input_tokens(request.messages), count_tokens(text))
 
     async def complete(self, request: ChatRequest) -> ChatResult:
         try:
