@@ -6,16 +6,15 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-import threading
-import time
 
 import httpx
 import pytest
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+
+from loopback import collect, serve
 
 from router_ml.serve.providers.anthropic import AnthropicProvider, convert_messages, convert_tool_choice
 from router_ml.serve.providers.base import ChatChunk, ChatRequest, ProviderError
@@ -25,10 +24,6 @@ ANSWER = ["Hello", " there,", " general", " Kenobi."]
 WEATHER_TOOL = {"type": "function", "function": {"name": "get_weather", "description": "Weather for a city.",
                                                   "parameters": {"type": "object",
                                                                  "properties": {"city": {"type": "string"}}}}}
-
-
-async def _collect(iterator) -> list[ChatChunk]:
-    return [chunk async for chunk in iterator]
 
 
 def _user(text: str) -> list[dict]:
@@ -133,22 +128,8 @@ async def messages(request: Request) -> Response:
 
 @pytest.fixture(scope="module")
 def upstream() -> str:
-    app = Starlette(routes=[Route("/v1/messages", messages, methods=["POST"])])
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="critical", lifespan="off", timeout_graceful_shutdown=1))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "fake upstream did not start"
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(5)
-    sock.close()
+    with serve(Starlette(routes=[Route("/v1/messages", messages, methods=["POST"])])) as base_url:
+        yield base_url + ""
 
 
 def _run(upstream: str, call, **kwargs):
@@ -162,7 +143,7 @@ def _run(upstream: str, call, **kwargs):
 def _error(upstream: str, model: str, stream: bool, **kwargs) -> ProviderError:
     request = ChatRequest(model=model, messages=_user("hi"))
     with pytest.raises(ProviderError) as caught:
-        _run(upstream, lambda p: _collect(p.stream(request)) if stream else p.complete(request), **kwargs)
+        _run(upstream, lambda p: collect(p.stream(request)) if stream else p.complete(request), **kwargs)
     return caught.value
 
 
@@ -293,7 +274,7 @@ def _error_request(upstream: str, request: ChatRequest) -> ProviderError:
 
 def test_stream_text_usage_and_finish(upstream):
     request = ChatRequest(model="ok", messages=_user("hi"), stop=["\n\n"])
-    chunks = _run(upstream, lambda p: _collect(p.stream(request)))
+    chunks = _run(upstream, lambda p: collect(p.stream(request)))
     assert [c.text for c in chunks[:-1]] == ANSWER
     assert all(c.finish_reason is None and c.usage is None for c in chunks[:-1])
     last = chunks[-1]
@@ -305,7 +286,7 @@ def test_stream_text_usage_and_finish(upstream):
 def test_stream_tool_use(upstream):
     request = ChatRequest(model="tools", messages=_user("weather in Paris?"), tools=[WEATHER_TOOL],
                           tool_choice="auto")
-    chunks = _run(upstream, lambda p: _collect(p.stream(request)))
+    chunks = _run(upstream, lambda p: collect(p.stream(request)))
     assert SEEN["body"]["tool_choice"] == {"type": "auto"}
     assert "".join(c.text for c in chunks) == "Let me check."
     deltas = [call for c in chunks if c.tool_calls for call in c.tool_calls]

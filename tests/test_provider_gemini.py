@@ -7,16 +7,15 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-import threading
-import time
 
 import httpx
 import pytest
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+
+from loopback import collect, serve
 
 from router_ml.serve.providers.base import ChatChunk, ChatRequest, ProviderError
 from router_ml.serve.providers.gemini import GeminiProvider
@@ -28,10 +27,6 @@ USAGE = {"promptTokenCount": 11, "candidatesTokenCount": 4, "thoughtsTokenCount"
 WEATHER_TOOL = {"type": "function", "function": {
     "name": "get_weather", "description": "Current weather in a city",
     "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
-
-
-async def _collect(iterator) -> list[ChatChunk]:
-    return [chunk async for chunk in iterator]
 
 
 def _user(text, system: str | None = None) -> list[dict]:
@@ -146,22 +141,8 @@ async def gemini(request: Request) -> Response:
 
 @pytest.fixture(scope="module")
 def upstream() -> str:
-    app = Starlette(routes=[Route("/v1beta/models/{target}", gemini, methods=["POST"])])
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="critical", lifespan="off", timeout_graceful_shutdown=1))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "fake upstream did not start"
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}/"
-    server.should_exit = True
-    thread.join(5)
-    sock.close()
+    with serve(Starlette(routes=[Route("/v1beta/models/{target}", gemini, methods=["POST"])])) as base_url:
+        yield base_url + "/"
 
 
 def _run(upstream: str, call, **kwargs):
@@ -175,7 +156,7 @@ def _run(upstream: str, call, **kwargs):
 def _error(upstream: str, model: str, stream: bool, **kwargs) -> ProviderError:
     request = ChatRequest(model=model, messages=_user("hi"))
     with pytest.raises(ProviderError) as caught:
-        _run(upstream, lambda p: _collect(p.stream(request)) if stream else p.complete(request), **kwargs)
+        _run(upstream, lambda p: collect(p.stream(request)) if stream else p.complete(request), **kwargs)
     return caught.value
 
 
@@ -249,7 +230,7 @@ def test_finish_reasons_and_thought_parts(upstream):
     assert (safety.text, safety.finish_reason) == ("", "content_filter")
     thinking = _run(upstream, lambda p: p.complete(ChatRequest(model="thinking", messages=_user("hi"))))
     assert thinking.text == "Hello there, general Kenobi."
-    chunks = _run(upstream, lambda p: _collect(p.stream(ChatRequest(model="thinking", messages=_user("hi")))))
+    chunks = _run(upstream, lambda p: collect(p.stream(ChatRequest(model="thinking", messages=_user("hi")))))
     assert "".join(c.text for c in chunks) == "Hello there, general Kenobi."
 
 
@@ -293,7 +274,7 @@ def test_tool_call_round_trip(upstream):
 
 def test_streamed_tool_call(upstream):
     request = ChatRequest(model="tools", messages=_user("Weather in Paris?"), tools=[WEATHER_TOOL])
-    chunks = _run(upstream, lambda p: _collect(p.stream(request)))
+    chunks = _run(upstream, lambda p: collect(p.stream(request)))
     deltas = [call for c in chunks if c.tool_calls for call in c.tool_calls]
     assert len(deltas) == 1 and deltas[0]["index"] == 0 and deltas[0]["id"] == "call_0"
     assert deltas[0]["function"] == {"name": "get_weather", "arguments": '{"city": "Paris"}'}
@@ -306,7 +287,7 @@ def test_streamed_tool_call(upstream):
 
 def test_stream_text_usage_and_finish(upstream):
     request = ChatRequest(model="ok", messages=_user("hi", system="Be brief."), max_tokens=64)
-    chunks = _run(upstream, lambda p: _collect(p.stream(request)))
+    chunks = _run(upstream, lambda p: collect(p.stream(request)))
     assert [c.text for c in chunks[:-1]] == ANSWER
     assert all(c.finish_reason is None and c.usage is None for c in chunks[:-1])
     last = chunks[-1]

@@ -6,17 +6,17 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-import threading
 import time
 
 import httpx
 import polars as pl
 import pytest
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+
+from loopback import collect, serve
 
 from router_ml.data.costs import add_tokens_and_costs
 from router_ml.data.importers import routerbench
@@ -30,10 +30,6 @@ from router_ml.serve.providers import (
 from router_ml.tokens import count_tokens
 
 MODEL = "gpt-4-1106-preview"
-
-
-async def _collect(iterator) -> list[ChatChunk]:
-    return [chunk async for chunk in iterator]
 
 
 def _user(text, system: str | None = None) -> list[dict]:
@@ -91,7 +87,7 @@ def test_replay_unknown_model_is_404(replay):
     restricted = ReplayProvider.from_outcomes(pl.DataFrame({"prompt": ["p"], "model": ["a"], "response": ["r"]}),
                                               models=["a"], speed=0)
     with pytest.raises(ProviderError):
-        asyncio.run(_collect(restricted.stream(ChatRequest(model=MODEL, messages=_user("p")))))
+        asyncio.run(collect(restricted.stream(ChatRequest(model=MODEL, messages=_user("p")))))
 
 
 def _longest(outcomes) -> dict:
@@ -102,7 +98,7 @@ def test_replay_stream_joins_to_the_same_text_and_ends_with_usage(outcomes, repl
     row = _longest(outcomes)
     assert row["output_tokens"] > 20
     request = ChatRequest(model=MODEL, messages=_user(row["prompt"]))
-    chunks = asyncio.run(_collect(replay.stream(request)))
+    chunks = asyncio.run(collect(replay.stream(request)))
     assert len(chunks) > 3
     assert "".join(c.text for c in chunks) == row["response"]
     assert all(c.finish_reason is None and c.usage is None for c in chunks[:-1])
@@ -116,7 +112,7 @@ def test_replay_max_tokens_truncates_with_length(outcomes, replay):
     result = asyncio.run(replay.complete(request))
     assert result.finish_reason == "length" and result.usage.output_tokens == 5
     assert row["response"].startswith(result.text) and count_tokens(result.text) == 5
-    chunks = asyncio.run(_collect(replay.stream(request)))
+    chunks = asyncio.run(collect(replay.stream(request)))
     assert "".join(c.text for c in chunks) == result.text
     assert chunks[-1].finish_reason == "length" and chunks[-1].usage.output_tokens == 5
     # A max_tokens above the answer's length changes nothing.
@@ -132,7 +128,7 @@ def test_replay_sleeps_recorded_or_modelled_latency_times_speed():
     asyncio.run(provider.complete(ChatRequest(model="m", messages=_user("p"))))
     assert 0.09 <= time.perf_counter() - started < 0.5  # 400 ms x 0.25
     started = time.perf_counter()
-    chunks = asyncio.run(_collect(provider.stream(ChatRequest(model="m", messages=_user("q")))))
+    chunks = asyncio.run(collect(provider.stream(ChatRequest(model="m", messages=_user("q")))))
     assert 0.05 <= time.perf_counter() - started < 0.5  # (0.2 s + 10 ms x 1 token) x 0.25
     assert chunks[-1].usage.output_tokens == 1
 
@@ -207,22 +203,8 @@ async def chat_completions(request: Request) -> Response:
 
 @pytest.fixture(scope="module")
 def upstream() -> str:
-    app = Starlette(routes=[Route("/v1/chat/completions", chat_completions, methods=["POST"])])
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="critical", lifespan="off", timeout_graceful_shutdown=1))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "fake upstream did not start"
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}/v1/"
-    server.should_exit = True
-    thread.join(5)
-    sock.close()
+    with serve(Starlette(routes=[Route("/v1/chat/completions", chat_completions, methods=["POST"])])) as base_url:
+        yield base_url + "/v1/"
 
 
 def _run(upstream: str, call, **kwargs):
@@ -236,7 +218,7 @@ def _run(upstream: str, call, **kwargs):
 def _error(upstream: str, model: str, stream: bool, **kwargs) -> ProviderError:
     request = ChatRequest(model=model, messages=_user("hi"))
     with pytest.raises(ProviderError) as caught:
-        _run(upstream, lambda p: _collect(p.stream(request)) if stream else p.complete(request), **kwargs)
+        _run(upstream, lambda p: collect(p.stream(request)) if stream else p.complete(request), **kwargs)
     return caught.value
 
 
@@ -261,7 +243,7 @@ def test_openai_complete_answer_and_usage(upstream):
 
 def test_openai_stream_text_usage_and_done(upstream):
     request = ChatRequest(model="ok", messages=_user("hi"), stop=["\n\n"])
-    chunks = _run(upstream, lambda p: _collect(p.stream(request)))
+    chunks = _run(upstream, lambda p: collect(p.stream(request)))
     assert [c.text for c in chunks[:-1]] == ANSWER
     assert chunks[-1].finish_reason == "stop" and chunks[-1].usage.output_tokens == 4
     assert chunks[-1].usage.input_tokens == 11
@@ -275,7 +257,7 @@ def test_openai_tool_calls_pass_through(upstream):
     result = _run(upstream, lambda p: p.complete(request))
     assert result.tool_calls == [TOOL_CALL] and result.finish_reason == "tool_calls" and result.text == ""
     assert SEEN["body"]["tools"] == tools and SEEN["body"]["tool_choice"] == "auto"
-    chunks = _run(upstream, lambda p: _collect(p.stream(request)))
+    chunks = _run(upstream, lambda p: collect(p.stream(request)))
     deltas = [call for c in chunks if c.tool_calls for call in c.tool_calls]
     assert deltas[0]["id"] == "call_1" and deltas[0]["function"]["name"] == "get_weather"
     assert "".join(d["function"]["arguments"] for d in deltas) == '{"city": "Paris"}'

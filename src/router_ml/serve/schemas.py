@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from router_ml.serve.policy import Policy
+from router_ml.serve.providers.wire import message_text
 
 
 class Message(BaseModel):
@@ -38,16 +39,7 @@ class RouteRequest(BaseModel):
     policy: Policy = Field(default_factory=Policy)
 
 
-def text_of(content: str | list[dict] | None) -> str:
-    """The text of a message's content (a string, or OpenAI content parts)."""
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    return "\n".join(part.get("text", "") for part in content if part.get("type") == "text")
-
-
 def routing_prompt(messages: list[Message]) -> str:
     """What the router sees: the last user message (the question being asked now)."""
     users = [m for m in messages if m.role == "user"]
-    return text_of((users or messages)[-1].content)
+    return message_text((users or messages)[-1].content)

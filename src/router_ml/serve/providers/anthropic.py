@@ -36,7 +36,8 @@ from collections.abc import AsyncIterator
 import httpx
 
 from router_ml.serve.providers.base import ChatChunk, ChatRequest, ChatResult, ProviderError, Usage
-from router_ml.serve.providers.wire import HTTPAdapter, counted_input_tokens, message_text, retry_after_seconds
+from router_ml.serve.providers.wire import (HTTPAdapter, counted_input_tokens, message_text, retry_after_seconds,
+                                             tool_arguments)
 from router_ml.tokens import count_tokens
 
 DEFAULT_TIMEOUT = httpx.Timeout(120.0, connect=10.0)
@@ -131,20 +132,6 @@ def _blocks(content) -> list[dict]:
     return [{"type": "text", "text": str(content)}]
 
 
-def _tool_input(arguments) -> dict:
-    if isinstance(arguments, dict):
-        return arguments
-    if arguments is None or (isinstance(arguments, str) and not arguments.strip()):
-        return {}
-    try:
-        value = json.loads(arguments)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"tool call arguments are not JSON: {str(arguments)[:200]!r}") from exc
-    if not isinstance(value, dict):
-        raise ValueError(f"tool call arguments are not a JSON object: {str(arguments)[:200]!r}")
-    return value
-
-
 def convert_messages(messages: list[dict]) -> tuple[str | None, list[dict]]:
     """OpenAI-style messages as Anthropic's ``(system, messages)``. Raises ValueError on what cannot be sent."""
     system: list[str] = []
@@ -163,7 +150,7 @@ def convert_messages(messages: list[dict]) -> tuple[str | None, list[dict]]:
             for call in message.get("tool_calls") or []:
                 function = call.get("function") or {}
                 blocks.append({"type": "tool_use", "id": call.get("id") or "", "name": function.get("name") or "",
-                               "input": _tool_input(function.get("arguments"))})
+                               "input": tool_arguments(function.get("arguments"))})
         elif role == "tool":
             role = "user"
             result = {"type": "tool_result", "tool_use_id": message.get("tool_call_id") or ""}

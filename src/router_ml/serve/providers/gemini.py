@@ -40,7 +40,7 @@ import httpx
 
 from router_ml.serve.providers.base import ChatChunk, ChatRequest, ChatResult, ProviderError, Usage
 from router_ml.serve.providers.wire import (DEFAULT_TIMEOUT, HTTPAdapter, counted_input_tokens, message_text,
-                                             retry_after_seconds)
+                                             retry_after_seconds, tool_arguments)
 from router_ml.tokens import count_tokens
 
 DEFAULT_BASE_URL = "https://generativelanguage.googleapis.com"
@@ -58,10 +58,6 @@ FINISH_REASONS = {
 _TOOL_CHOICE_MODES = {"auto": "AUTO", "none": "NONE", "required": "ANY", "any": "ANY"}
 
 
-class _BadRequest(ValueError):
-    """A request that cannot be expressed in Gemini's format (raised as a 400 ProviderError)."""
-
-
 def _finish_reason(reason: str | None, has_tool_calls: bool) -> str:
     if has_tool_calls:
         return "tool_calls"
@@ -76,22 +72,8 @@ def _tool_response(content) -> dict:
         return {"content": text}
 
 
-def _arguments(raw) -> dict:
-    if isinstance(raw, dict):
-        return raw
-    if raw is None or (isinstance(raw, str) and not raw.strip()):
-        return {}
-    try:
-        args = json.loads(raw)
-    except (TypeError, ValueError) as exc:
-        raise _BadRequest(f"tool call arguments are not JSON: {str(raw)[:200]!r}") from exc
-    if not isinstance(args, dict):
-        raise _BadRequest(f"tool call arguments must be a JSON object: {str(raw)[:200]!r}")
-    return args
-
-
 def to_gemini_body(request: ChatRequest) -> dict:
-    """The generateContent body for an OpenAI-style request (raises :class:`_BadRequest`)."""
+    """The generateContent body for an OpenAI-style request (ValueError when it cannot be expressed in Gemini's format)."""
     system: list[str] = []
     contents: list[dict] = []
     tool_names: dict[str, str] = {}
@@ -120,10 +102,10 @@ def to_gemini_body(request: ChatRequest) -> dict:
                 function = call.get("function") or {}
                 name = function.get("name")
                 if not name:
-                    raise _BadRequest("assistant tool call without a function name")
+                    raise ValueError("assistant tool call without a function name")
                 if call.get("id"):
                     tool_names[call["id"]] = name
-                part: dict = {"functionCall": {"name": name, "args": _arguments(function.get("arguments"))}}
+                part: dict = {"functionCall": {"name": name, "args": tool_arguments(function.get("arguments"))}}
                 signature = ((call.get("extra_content") or {}).get("google") or {}).get("thought_signature")
                 if signature:
                     part["thoughtSignature"] = signature
@@ -133,10 +115,10 @@ def to_gemini_body(request: ChatRequest) -> dict:
             call_id = message.get("tool_call_id")
             name = tool_names.get(call_id) or message.get("name")
             if not name:
-                raise _BadRequest(f"tool message answers unknown tool_call_id {call_id!r}")
+                raise ValueError(f"tool message answers unknown tool_call_id {call_id!r}")
             add("user", [{"functionResponse": {"name": name, "response": _tool_response(message.get("content"))}}])
         else:
-            raise _BadRequest(f"unsupported message role {role!r}")
+            raise ValueError(f"unsupported message role {role!r}")
 
     body: dict = {"contents": contents}
     if system:
@@ -150,7 +132,7 @@ def to_gemini_body(request: ChatRequest) -> dict:
         declarations = []
         for tool in request.tools:
             if tool.get("type", "function") != "function" or not isinstance(tool.get("function"), dict):
-                raise _BadRequest(f"unsupported tool type {tool.get('type')!r} (only function tools)")
+                raise ValueError(f"unsupported tool type {tool.get('type')!r} (only function tools)")
             function = tool["function"]
             declaration = {"name": function.get("name")}
             for key in ("description", "parameters"):
@@ -162,12 +144,12 @@ def to_gemini_body(request: ChatRequest) -> dict:
         choice = request.tool_choice
         if isinstance(choice, str):
             if choice not in _TOOL_CHOICE_MODES:
-                raise _BadRequest(f"unsupported tool_choice {choice!r}")
+                raise ValueError(f"unsupported tool_choice {choice!r}")
             calling: dict = {"mode": _TOOL_CHOICE_MODES[choice]}
         else:
             name = (choice.get("function") or {}).get("name") if isinstance(choice, dict) else None
             if not name:
-                raise _BadRequest(f"unsupported tool_choice {choice!r}")
+                raise ValueError(f"unsupported tool_choice {choice!r}")
             calling = {"mode": "ANY", "allowedFunctionNames": [name]}
         body["toolConfig"] = {"functionCallingConfig": calling}
     return body
@@ -242,7 +224,7 @@ class GeminiProvider(HTTPAdapter):
     def _body(self, request: ChatRequest) -> dict:
         try:
             return to_gemini_body(request)
-        except _BadRequest as exc:
+        except ValueError as exc:
             raise self._error(f"cannot translate request for Gemini: {exc}", 400, False) from exc
 
     def _http_error(self, response: httpx.Response, body: bytes) -> ProviderError:

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import polars as pl
 
 from router_ml.serve.providers.base import ChatChunk, ChatRequest, ChatResult, ProviderError, Usage
+from router_ml.serve.providers.wire import counted_input_tokens, message_text
 from router_ml.tokens import _encoding, count_tokens
 
 FIRST_TOKEN_S = 0.2
@@ -46,23 +47,11 @@ def _digest(prompt: str) -> bytes:
     return hashlib.blake2b(prompt.encode("utf-8", "surrogatepass"), digest_size=16).digest()
 
 
-def content_text(content) -> str:
-    """The text of a message's content: a string, or the text parts of OpenAI content parts joined by newlines
-    (the same rule as the serving schemas' ``text_of``)."""
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "\n".join(str(p.get("text", "")) for p in content if isinstance(p, dict) and p.get("type") == "text")
-    return str(content)
-
-
 def user_prompt(messages: list[dict]) -> str:
     """The last user message's text (the last message's when no message has the user role)."""
     users = [m for m in messages if m.get("role") == "user"]
     chosen = users or messages
-    return content_text(chosen[-1].get("content")) if chosen else ""
+    return message_text(chosen[-1].get("content")) if chosen else ""
 
 
 def truncate_tokens(text: str, max_tokens: int) -> tuple[str, bool]:
@@ -145,7 +134,7 @@ class ReplayProvider:
             if truncated:
                 finish_reason, cut = "length", True
         output_tokens = row.output_tokens if row.output_tokens is not None and not cut else count_tokens(text)
-        input_tokens = sum(count_tokens(content_text(m.get("content"))) for m in request.messages)
+        input_tokens = counted_input_tokens(request.messages)
         if row.latency_ms is not None and not cut:
             seconds = row.latency_ms / 1000
         else:

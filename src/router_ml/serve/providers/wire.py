@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import email.utils
+import json
 import time
 
 import httpx
@@ -44,6 +45,22 @@ def retry_after_seconds(headers: httpx.Headers) -> float | None:
     except (TypeError, ValueError):
         return None
     return max(when.timestamp() - time.time(), 0.0)
+
+
+def tool_arguments(raw) -> dict:
+    """An OpenAI tool call's ``arguments`` (a JSON string, or already a dict) as a dict; ValueError when
+    they are not a JSON object (the request cannot be translated)."""
+    if isinstance(raw, dict):
+        return raw
+    if raw is None or (isinstance(raw, str) and not raw.strip()):
+        return {}
+    try:
+        value = json.loads(raw)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"tool call arguments are not JSON: {str(raw)[:200]!r}") from exc
+    if not isinstance(value, dict):
+        raise ValueError(f"tool call arguments are not a JSON object: {str(raw)[:200]!r}")
+    return value
 
 
 def counted_input_tokens(messages: list[dict]) -> int:
