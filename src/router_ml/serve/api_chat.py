@@ -51,9 +51,9 @@ def _candidates(body: ChatCompletionRequest, state, prompt: str) -> tuple[list[s
     return [m for m in ranked if m in state.providers][:MAX_ATTEMPTS], decision
 
 
-def _upstream_request(body: ChatCompletionRequest, model: str) -> ChatRequest:
+def _upstream_request(body: ChatCompletionRequest, messages: list[dict], model: str) -> ChatRequest:
     stop = [body.stop] if isinstance(body.stop, str) else body.stop
-    return ChatRequest(model=model, messages=[m.model_dump(exclude_none=True) for m in body.messages],
+    return ChatRequest(model=model, messages=messages,
                        temperature=body.temperature, top_p=body.top_p, max_tokens=body.max_tokens, stop=stop,
                        tools=body.tools, tool_choice=body.tool_choice)
 
@@ -96,6 +96,18 @@ def _log(state, **call) -> None:
         logger.error("call %s not logged: %s", call.get("call_id"), exc)
 
 
+async def _in_order(state, base: dict, models: list[str], started: float, attempt):
+    """``(model, await attempt(model))`` for the first model whose attempt succeeds. Each failure is logged;
+    a failure that is not retryable, or the last one, is raised."""
+    for i, model in enumerate(models):
+        try:
+            return model, await attempt(model)
+        except ProviderError as exc:
+            _log_failure(state, base, model, exc, started)
+            if not exc.retryable or i == len(models) - 1:
+                raise
+
+
 @router.post("/v1/chat/completions")
 async def chat_completions(body: ChatCompletionRequest, request: Request):
     state = request.app.state
@@ -104,39 +116,30 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     if not models:
         raise APIError(503, "no provider serves any model the policy allows")
     call_id = uuid.uuid4().hex
+    messages = [m.model_dump(exclude_none=True) for m in body.messages]
     base = {"call_id": call_id, "prompt": prompt, "routed": decision is not None,
             "bundle_version": state.bundles.current.version, "tenant": None,
-            "messages": json.dumps([m.model_dump(exclude_none=True) for m in body.messages])}
+            "messages": messages}  # JSON-encoded by the call log's writer thread, off the hot path
     started = time.perf_counter()
     if body.stream:
-        return await _stream(state, body, models, decision, base, started)
-    error = None
-    for model in models:
-        try:
-            result = await state.providers[model].complete(_upstream_request(body, model))
-        except ProviderError as exc:
-            error = exc
-            _log_failure(state, base, model, exc, started)
-            if not exc.retryable:
-                break
-            continue
-        latency = (time.perf_counter() - started) * 1000
-        cost = _cost(model, result.usage)
-        _log(state, **base, model=model, status="ok", http_status=200, response=result.text, latency_ms=latency,
-             input_tokens=result.usage.input_tokens, output_tokens=result.usage.output_tokens, cost_usd=cost)
-        message = {"role": "assistant", "content": result.text}
-        if result.tool_calls:
-            message["tool_calls"] = result.tool_calls
-        payload = {
-            "id": f"chatcmpl-{call_id}", "object": "chat.completion", "created": int(time.time()), "model": model,
-            "choices": [{"index": 0, "message": message, "finish_reason": result.finish_reason}],
-            "usage": {"prompt_tokens": result.usage.input_tokens, "completion_tokens": result.usage.output_tokens,
-                      "total_tokens": result.usage.input_tokens + result.usage.output_tokens},
-            "router_ml": {"call_id": call_id, "cost_usd": cost, "latency_ms": latency,
-                          "decision": decision},
-        }
-        return JSONResponse(payload, headers=_headers(model, cost, call_id))
-    raise error
+        return await _stream(state, body, messages, models, base, started)
+    model, result = await _in_order(state, base, models, started,
+                                    lambda m: state.providers[m].complete(_upstream_request(body, messages, m)))
+    latency = (time.perf_counter() - started) * 1000
+    cost = _cost(model, result.usage)
+    _log(state, **base, model=model, status="ok", http_status=200, response=result.text, latency_ms=latency,
+         input_tokens=result.usage.input_tokens, output_tokens=result.usage.output_tokens, cost_usd=cost)
+    message = {"role": "assistant", "content": result.text}
+    if result.tool_calls:
+        message["tool_calls"] = result.tool_calls
+    payload = {
+        "id": f"chatcmpl-{call_id}", "object": "chat.completion", "created": int(time.time()), "model": model,
+        "choices": [{"index": 0, "message": message, "finish_reason": result.finish_reason}],
+        "usage": {"prompt_tokens": result.usage.input_tokens, "completion_tokens": result.usage.output_tokens,
+                  "total_tokens": result.usage.input_tokens + result.usage.output_tokens},
+        "router_ml": {"call_id": call_id, "cost_usd": cost, "latency_ms": latency, "decision": decision},
+    }
+    return JSONResponse(payload, headers=_headers(model, cost, call_id))
 
 
 def _headers(model: str, cost: float | None, call_id: str) -> dict:
@@ -146,24 +149,16 @@ def _headers(model: str, cost: float | None, call_id: str) -> dict:
     return headers
 
 
-async def _stream(state, body, models, decision, base, started):
+async def _stream(state, body, messages, models, base, started):
     """Open the upstream stream, falling back while nothing has been sent, then relay it as SSE."""
-    error = None
-    for model in models:
-        stream = state.providers[model].stream(_upstream_request(body, model))
-        try:
-            first = await anext(stream)
-        except StopAsyncIteration:
-            first = None
-        except ProviderError as exc:
-            error = exc
-            _log_failure(state, base, model, exc, started)
-            if not exc.retryable:
-                break
-            continue
-        return StreamingResponse(_relay(state, body, model, stream, first, base, started),
-                                 media_type="text/event-stream", headers=_headers(model, None, base["call_id"]))
-    raise error
+
+    async def open_stream(model: str):
+        stream = state.providers[model].stream(_upstream_request(body, messages, model))
+        return stream, await anext(stream, None)
+
+    model, (stream, first) = await _in_order(state, base, models, started, open_stream)
+    return StreamingResponse(_relay(state, body, model, stream, first, base, started),
+                             media_type="text/event-stream", headers=_headers(model, None, base["call_id"]))
 
 
 async def _relay(state, body, model, stream, first, base, started):
