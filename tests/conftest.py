@@ -66,3 +66,27 @@ def static_encoder_dir(tmp_path_factory) -> Path:
     result = CliRunner().invoke(app, ["encoders", "build-static", "--out", str(out), "--dims", "64"])
     assert result.exit_code == 0, result.output
     return out
+
+
+@pytest.fixture
+def postgres_url():
+    """A SQLAlchemy URL on the PostgreSQL server of ``.ci/services`` (``ROUTER_ML_TEST_POSTGRES_URL``), confined to a
+    fresh schema that is dropped afterwards. Skipped when no server is configured, except in CI, where it fails."""
+    import uuid
+
+    import sqlalchemy as sa
+
+    base = os.environ.get("ROUTER_ML_TEST_POSTGRES_URL")
+    if not base:
+        message = "no PostgreSQL server (run `eval \"$(.ci/services)\"` to start one)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    schema = f"test_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(base)
+    with admin.begin() as conn:
+        conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
+    yield f"{base}{'&' if '?' in base else '?'}options=-csearch_path%3D{schema}"
+    with admin.begin() as conn:
+        conn.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
+    admin.dispose()

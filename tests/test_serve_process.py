@@ -27,17 +27,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(mini_files, static_encoder_dir, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("serve")
-    outcomes = prepare(mini_files, ImportReport(), encoder=None)
-    outcomes.write_parquet(tmp / "outcomes.parquet")
-    config = TrainConfig(name="serve", router="linear", sources=["routerbench"], min_prompts=50, n_trials=0)
-    run(config, outcomes, StaticEncoder(static_encoder_dir), tmp / "bundle")
-    port = _free_port()
+def _start(tmp, static_encoder_dir, port: int) -> tuple[subprocess.Popen, openai.OpenAI]:
+    """`router-ml serve` on the bundle, outcomes and call log under ``tmp``; returns once it answers."""
     env = {**os.environ, "ROUTER_ML_BUNDLE": str(tmp / "bundle"), "ROUTER_ML_STATIC_ENCODER": str(static_encoder_dir),
            "ROUTER_ML_OUTCOMES_PATH": str(tmp / "outcomes.parquet"), "ROUTER_ML_REPLAY_SPEED": "0",
-           "ROUTER_ML_STORE_URL": f"sqlite:///{tmp / 'calls.db'}"}
+           "ROUTER_ML_STORE_URL": f"sqlite:///{tmp / 'calls.db'}", "ROUTER_ML_STORE_JOURNAL": str(tmp / "journal")}
     process = subprocess.Popen([sys.executable, "-m", "router_ml.cli", "serve", "--port", str(port)], env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 120
@@ -45,13 +39,29 @@ def server(mini_files, static_encoder_dir, tmp_path_factory):
     while True:
         try:
             client.models.list()
-            break
+            return process, client
         except openai.APIConnectionError:
             if process.poll() is not None or time.time() > deadline:
                 process.kill()
                 pytest.fail(f"server did not start: {process.stdout.read()}")
             time.sleep(0.3)
-    recorded = outcomes.filter(pl.col("source") == "routerbench").select("prompt", "model", "response")
+
+
+@pytest.fixture(scope="module")
+def served(mini_files, static_encoder_dir, tmp_path_factory):
+    """A directory with the outcomes table and a bundle trained on its RouterBench rows."""
+    tmp = tmp_path_factory.mktemp("serve")
+    outcomes = prepare(mini_files, ImportReport(), encoder=None)
+    outcomes.write_parquet(tmp / "outcomes.parquet")
+    config = TrainConfig(name="serve", router="linear", sources=["routerbench"], min_prompts=50, n_trials=0)
+    run(config, outcomes, StaticEncoder(static_encoder_dir), tmp / "bundle")
+    return tmp, outcomes.filter(pl.col("source") == "routerbench").select("prompt", "model", "response")
+
+
+@pytest.fixture(scope="module")
+def server(served, static_encoder_dir):
+    tmp, recorded = served
+    process, client = _start(tmp, static_encoder_dir, _free_port())
     yield process, client, recorded, tmp / "calls.db"
     if process.poll() is None:
         process.kill()
@@ -122,3 +132,54 @@ def test_feedback_labels_a_logged_call_and_errors_name_the_field(mini_files, sta
     labeled = store.outcomes()
     store.close()
     assert labeled.height == 1 and labeled["quality"][0] == 1.0 and labeled["source"][0] == "gateway"
+
+
+def test_sigkill_mid_load_loses_no_answered_call(served, static_encoder_dir, tmp_path):
+    """Eight clients send calls as fast as they can; the server is killed (SIGKILL) mid-load. Every call that
+    got an answer must be in the log once a new store has replayed the dead process's journal."""
+    import shutil
+    import threading
+
+    from router_ml.serve.store import CallStore
+
+    source, recorded = served
+    for name in ("bundle", "outcomes.parquet"):
+        (shutil.copytree if name == "bundle" else shutil.copy)(source / name, tmp_path / name)
+    process, client = _start(tmp_path, static_encoder_dir, _free_port())
+    prompts = recorded["prompt"].unique().to_list()
+    answered: list[str] = []
+    stop = threading.Event()
+
+    def load(k: int) -> None:
+        own = openai.OpenAI(base_url=str(client.base_url), api_key="unused", max_retries=0, timeout=10)
+        i = k
+        while not stop.is_set():
+            try:
+                raw = own.chat.completions.with_raw_response.create(
+                    model="router-ml/auto", messages=[{"role": "user", "content": prompts[i % len(prompts)]}])
+            except openai.APIConnectionError:
+                return  # the server is gone
+            answered.append(raw.headers["x-router-ml-call-id"])
+            i += 8
+
+    threads = [threading.Thread(target=load, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    while len(answered) < 150:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+    stop.set()
+    for t in threads:
+        t.join(timeout=30)
+    url = f"sqlite:///{tmp_path / 'calls.db'}"
+    with sa.create_engine(url).connect() as connection:
+        committed = {row[0] for row in connection.execute(sa.text("select call_id from calls"))}
+    store = CallStore(url, journal_dir=tmp_path / "journal")
+    store.close()
+    with sa.create_engine(url).connect() as connection:
+        logged = {row[0] for row in connection.execute(sa.text("select call_id from calls where status = 'ok'"))}
+    missing = [i for i in answered if i not in logged]
+    print(f"SIGKILL mid-load: {len(answered)} answered calls, {len(answered) - len(committed & set(answered))} "
+          f"not yet committed at the kill, {store.recovered_rows} recovered from the journal, {len(missing)} missing")
+    assert not missing, f"{len(missing)} of {len(answered)} answered calls missing from the log after SIGKILL"

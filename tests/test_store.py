@@ -1,4 +1,4 @@
-"""The gateway call log (router_ml.serve.store) on SQLite.
+"""The gateway call log (router_ml.serve.store) on SQLite and on PostgreSQL (the server of .ci/services).
 
 Rows are gateway call records built here: a few hand-written prompts, token counts from
 router_ml.tokens and costs from router_ml.pricing. They carry no model answer and no quality
@@ -7,9 +7,14 @@ of their own; every quality below is test feedback set through CallStore.feedbac
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 
 import polars as pl
 import pytest
@@ -29,6 +34,7 @@ PROMPTS = (
 )
 MODELS = ("Meta-Llama-3-8B-Instruct", "Meta-Llama-3-70B-Instruct")
 TOKENS = {p: count_tokens(p) for p in PROMPTS}
+TESTS = Path(__file__).resolve().parent
 
 
 def call_row(i: int, prompt: str | None = None, model: str | None = None, **extra) -> dict:
@@ -70,8 +76,10 @@ def db_count(url: str) -> int:
         engine.dispose()
 
 
-@pytest.fixture
-def url(tmp_path) -> str:
+@pytest.fixture(params=["sqlite", "postgresql"])
+def url(request, tmp_path) -> str:
+    if request.param == "postgresql":
+        return request.getfixturevalue("postgres_url")
     return f"sqlite:///{tmp_path / 'calls.db'}"
 
 
@@ -254,3 +262,74 @@ def test_a_bad_row_does_not_sink_its_batch(url, caplog):
         assert "kept in dead_letter" in caplog.text
     finally:
         s.close()
+
+
+# ----------------------------------------------------------------- journal: no answered call lost to a kill
+_KILLED_WRITER = """
+import sys
+from router_ml.serve.store import CallStore
+from test_store import call_row
+
+store = CallStore(sys.argv[1], interval=3600.0, batch_size=10**6, journal_dir=sys.argv[2])
+for i in range(300):
+    print(store.record(call_row(i)), flush=True)
+print("recorded", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_a_killed_process_loses_no_recorded_call(url, tmp_path):
+    journal = tmp_path / "journal"
+    process = subprocess.Popen([sys.executable, "-c", _KILLED_WRITER, url, str(journal)], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(TESTS)})
+    ids = []
+    for line in process.stdout:
+        if line.strip() == "recorded":
+            break
+        ids.append(line.strip())
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert len(ids) == 300 and db_count(url) == 0  # nothing was committed before the kill
+
+    recovered = CallStore(url, journal_dir=journal)
+    try:
+        assert recovered.recovered_rows == 300 and recovered.corrupt_journal_lines == 0
+        assert db_count(url) == 300
+        assert recovered.get(ids[-1])["latency_ms"] == call_row(299)["latency_ms"]
+    finally:
+        recovered.close()
+    assert list(journal.iterdir()) == []  # recovered segments and the store's own are gone after a clean close
+
+
+def test_journal_segments_rotate_and_are_deleted_once_committed(url, tmp_path):
+    journal = tmp_path / "journal"
+    s = CallStore(url, interval=0.01, journal_dir=journal, segment_bytes=4000)
+    try:
+        for i in range(200):
+            s.record(call_row(i))
+        s.flush()
+        s.flush()  # the rotation queued after the first flush's batch is retired by the second
+        assert db_count(url) == 200
+        assert len(list(journal.iterdir())) == 1  # only the open segment is left
+    finally:
+        s.close()
+    assert list(journal.iterdir()) == []
+
+
+def test_a_live_process_segment_is_not_replayed_and_replay_is_idempotent(url, tmp_path):
+    journal = tmp_path / "journal"
+    live = CallStore(url, journal_dir=journal)
+    try:
+        ids = [live.record(call_row(i)) for i in range(5)]
+        live.flush()  # committed, and still in the live segment
+        (segment,) = journal.iterdir()
+        copy = journal / "calls-1-deadbeef-000001.jsonl"  # as if a process had died after committing these calls
+        copy.write_bytes(segment.read_bytes() + b'{"call_id": "cut by a cra')
+        other = CallStore(url, journal_dir=journal)
+        other.close()
+        assert other.recovered_rows == 0 and other.corrupt_journal_lines == 1  # nothing inserted twice
+        assert segment.exists() and not copy.exists()  # the live segment is left alone, the dead one retired
+        assert db_count(url) == 5 and all(live.get(c) is not None for c in ids)
+    finally:
+        live.close()
+    assert list(journal.iterdir()) == []

@@ -41,6 +41,8 @@ class Settings(BaseSettings):
     upstream_api_key: str | None = None
     store_url: str = f"sqlite:///{PROJECT_ROOT / 'data' / 'calls.db'}"
     """Call log database (SQLAlchemy URL): SQLite by default, PostgreSQL to scale out."""
+    store_journal: Path | None = PROJECT_ROOT / "data" / "call-journal"
+    """Local journal of logged calls not yet committed, replayed after a crash (see serve/store.py); one per host."""
     mlflow_uri: str = f"sqlite:///{PROJECT_ROOT / 'mlruns' / 'mlflow.db'}"
     """MLflow tracking store: a local SQLite file by default."""
     mlflow_artifacts: Path = PROJECT_ROOT / "mlruns" / "artifacts"

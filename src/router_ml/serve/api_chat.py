@@ -91,7 +91,7 @@ def _log(state, **call) -> None:
             call["cost_usd"], call["flags"] = 0.0, ["unpriced"]
     try:
         state.store.record(call)
-    except ValueError as exc:
+    except (ValueError, OSError) as exc:  # a row the log rejects, or a journal that cannot be written
         state.log_rejects += 1
         logger.error("call %s not logged: %s", call.get("call_id"), exc)
 
@@ -188,11 +188,11 @@ async def _relay(state, body, model, stream, first, base, started):
         extra = {"router_ml": {"call_id": base["call_id"], "cost_usd": cost},
                  "usage": {"prompt_tokens": usage.input_tokens, "completion_tokens": usage.output_tokens,
                            "total_tokens": usage.input_tokens + usage.output_tokens}}
-        yield event({}, finish or "stop", extra)
-        yield "data: [DONE]\n\n"
         _log(state, **base, model=model, status="ok", http_status=200, response="".join(parts),
              latency_ms=(time.perf_counter() - started) * 1000, cost_usd=cost,
-             input_tokens=usage.input_tokens, output_tokens=usage.output_tokens)
+             input_tokens=usage.input_tokens, output_tokens=usage.output_tokens)  # logged before the answer ends
+        yield event({}, finish or "stop", extra)
+        yield "data: [DONE]\n\n"
     except ProviderError as exc:  # after the first byte: end the stream with an error event, never switch
         _log_failure(state, base, model, exc, started, response="".join(parts))
         yield f"data: {json.dumps({'error': {'message': f'upstream: {exc.message}', 'type': 'api_error'}})}\n\n"

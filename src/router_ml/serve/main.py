@@ -6,7 +6,8 @@ bundle from the outcomes table; ``openai`` sends every model to one OpenAI-compa
 also reaches OpenRouter (``https://openrouter.ai/api/v1``), vLLM or Ollama; ``catalog`` reads which
 provider serves each model from ``ROUTER_ML_PROVIDERS_FILE`` (:mod:`router_ml.serve.catalog`).
 Every model is served through its own retry and circuit-breaker wrapper. The call log goes to ``ROUTER_ML_STORE_URL``
-(SQLite under data/ by default; a PostgreSQL URL scales out) and is flushed at shutdown.
+(SQLite under data/ by default; a PostgreSQL URL scales out), journaled in ``ROUTER_ML_STORE_JOURNAL`` so
+that a killed process loses no answered call, and flushed at shutdown.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ def build_app():
 
     settings = get_settings()
     models = load_bundle(settings.bundle).models
-    store = CallStore(settings.store_url)
+    store = CallStore(settings.store_url, journal_dir=settings.store_journal)
     app = create_app(settings.bundle, providers_for(models, settings), store=store)
 
     @asynccontextmanager
