@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import threading
+import time
 
 import httpx
 import openai
@@ -197,3 +200,73 @@ def test_fallback_after_a_retryable_failure_is_answered_and_both_attempts_are_lo
     assert completion.choices[0].message.content == f"answer from {completion.model}"
     assert answered["status"] == "ok" and answered["model"] == completion.model
     assert store.written_rows == 2 and store.lost_rows == 0
+
+
+class SlowUpstream:
+    """An OpenAI-compatible upstream (raw ASGI) that answers slowly: a stream of 200 chunks 50 ms apart, or one
+    answer after 10 s. It notes when the gateway hangs up on it (the ASGI ``http.disconnect`` message)."""
+
+    def __init__(self):
+        self.disconnected = threading.Event()
+        self.chunks_sent = 0
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return
+        body, more = b"", True
+        while more:
+            message = await receive()
+            body, more = body + message.get("body", b""), message.get("more_body", False)
+        request = json.loads(body)
+        watch = asyncio.ensure_future(receive())  # after the body, only http.disconnect can arrive
+        watch.add_done_callback(lambda _: self.disconnected.set())
+        if not request.get("stream"):
+            await asyncio.wait((watch,), timeout=10)
+            if watch.done():
+                return
+            answer = {"id": "x", "object": "chat.completion", "created": 0, "model": request["model"],
+                      "choices": [{"index": 0, "message": {"role": "assistant", "content": "late"},
+                                   "finish_reason": "stop"}]}
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-type", b"application/json")]})
+            await send({"type": "http.response.body", "body": json.dumps(answer).encode()})
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
+        for i in range(200):
+            if watch.done():
+                return
+            chunk = {"id": "x", "object": "chat.completion.chunk", "created": 0, "model": request["model"],
+                     "choices": [{"index": 0, "delta": {"content": f"word{i} "}, "finish_reason": None}]}
+            await send({"type": "http.response.body", "body": f"data: {json.dumps(chunk)}\n\n".encode(),
+                        "more_body": True})
+            self.chunks_sent += 1
+            await asyncio.sleep(0.05)
+        await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_a_client_that_goes_away_cancels_the_upstream_request(bundle, static_encoder_dir, stream):
+    from loopback import serve
+    from router_ml.serve.providers import OpenAICompatProvider
+
+    _, meta, prompts = bundle
+    upstream, log = SlowUpstream(), Log()
+    with serve(upstream) as upstream_url:
+        provider = OpenAICompatProvider(upstream_url + "/v1")
+        app = _app(bundle, static_encoder_dir, {m: provider for m in meta["models"]}, log)
+        with serve(app) as gateway_url:
+            client = openai.OpenAI(base_url=gateway_url + "/v1", api_key="unused", max_retries=0, timeout=1.0)
+            request = {"model": meta["models"][0], "messages": [{"role": "user", "content": prompts[0]}]}
+            if stream:
+                with client.chat.completions.create(**request, stream=True) as chunks:
+                    next(iter(chunks))  # the first chunk arrived; then the client hangs up
+            else:
+                with pytest.raises(openai.APITimeoutError):
+                    client.chat.completions.create(**request)
+            assert upstream.disconnected.wait(5), "the upstream request was not cancelled"
+            deadline = time.monotonic() + 5
+            while not log.calls and time.monotonic() < deadline:
+                time.sleep(0.05)
+    assert upstream.chunks_sent < 100
+    (call,) = log.calls
+    assert call["status"] == "error" and call["http_status"] == 499 and "client closed" in call["error"]

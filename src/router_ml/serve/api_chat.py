@@ -8,13 +8,14 @@ policy's ranking; once streaming has started it never switches.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
 import uuid
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from router_ml.pricing import UnknownModelError, cost_usd
 from router_ml.serve.errors import APIError
@@ -26,6 +27,7 @@ from router_ml.tokens import count_tokens
 router = APIRouter()
 logger = logging.getLogger(__name__)
 MAX_ATTEMPTS = 2
+CLIENT_CLOSED = 499  # logged status of a stream the client abandoned (nginx's convention)
 
 
 def _candidates(body: ChatCompletionRequest, state, prompt: str) -> tuple[list[str], dict | None]:
@@ -106,6 +108,11 @@ async def _in_order(state, base: dict, models: list[str], started: float, attemp
             _log_failure(state, base, model, exc, started)
             if not exc.retryable or i == len(models) - 1:
                 raise
+        except asyncio.CancelledError:  # the client went away while this model was answering
+            _log(state, **base, model=model, status="error", http_status=CLIENT_CLOSED,
+                 error="client closed the connection before the answer",
+                 latency_ms=(time.perf_counter() - started) * 1000)
+            raise
 
 
 @router.post("/v1/chat/completions")
@@ -123,8 +130,11 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     started = time.perf_counter()
     if body.stream:
         return await _stream(state, body, messages, models, base, started)
-    model, result = await _in_order(state, base, models, started,
-                                    lambda m: state.providers[m].complete(_upstream_request(body, messages, m)))
+    answered = await _unless_client_leaves(request, _in_order(
+        state, base, models, started, lambda m: state.providers[m].complete(_upstream_request(body, messages, m))))
+    if answered is None:
+        return Response(status_code=CLIENT_CLOSED)  # nobody reads it
+    model, result = answered
     latency = (time.perf_counter() - started) * 1000
     cost = _cost(model, result.usage)
     _log(state, **base, model=model, status="ok", http_status=200, response=result.text, latency_ms=latency,
@@ -140,6 +150,23 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
         "router_ml": {"call_id": call_id, "cost_usd": cost, "latency_ms": latency, "decision": decision},
     }
     return JSONResponse(payload, headers=_headers(model, cost, call_id))
+
+
+async def _unless_client_leaves(request: Request, work):
+    """Await ``work``; None when the client disconnected first, which cancels it (and so the upstream request).
+
+    The body has been read, so the next ASGI message can only be ``http.disconnect``."""
+    task = asyncio.ensure_future(work)
+    gone = asyncio.ensure_future(request.receive())
+    try:
+        await asyncio.wait((task, gone), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()  # _in_order logs the abandoned attempt
+    await asyncio.wait((task,))
+    return None
 
 
 def _headers(model: str, cost: float | None, call_id: str) -> dict:
@@ -165,7 +192,7 @@ async def _relay(state, body, model, stream, first, base, started):
     """SSE events of the upstream stream; the upstream request is closed however this ends (a client
     that goes away closes this generator)."""
     created, chunk_id = int(time.time()), f"chatcmpl-{base['call_id']}"
-    parts, usage, finish = [], None, None
+    parts, usage, finish, logged = [], None, None, False
 
     def event(delta: dict, finish_reason=None, extra: dict | None = None) -> str:
         payload = {"id": chunk_id, "object": "chat.completion.chunk", "created": created, "model": model,
@@ -191,10 +218,19 @@ async def _relay(state, body, model, stream, first, base, started):
         _log(state, **base, model=model, status="ok", http_status=200, response="".join(parts),
              latency_ms=(time.perf_counter() - started) * 1000, cost_usd=cost,
              input_tokens=usage.input_tokens, output_tokens=usage.output_tokens)  # logged before the answer ends
+        logged = True
         yield event({}, finish or "stop", extra)
         yield "data: [DONE]\n\n"
     except ProviderError as exc:  # after the first byte: end the stream with an error event, never switch
         _log_failure(state, base, model, exc, started, response="".join(parts))
         yield f"data: {json.dumps({'error': {'message': f'upstream: {exc.message}', 'type': 'api_error'}})}\n\n"
+    except (asyncio.CancelledError, GeneratorExit):  # the client went away: log what was streamed and paid for
+        if not logged:
+            usage = usage or _counted_usage(body, "".join(parts))
+            _log(state, **base, model=model, status="error", http_status=CLIENT_CLOSED, response="".join(parts),
+                 error="client closed the connection before the answer ended",
+                 latency_ms=(time.perf_counter() - started) * 1000, cost_usd=_cost(model, usage),
+                 input_tokens=usage.input_tokens, output_tokens=usage.output_tokens)
+        raise
     finally:
         await stream.aclose()

@@ -36,18 +36,19 @@ class CatalogError(ValueError):
     """The provider catalog names something wrong; the message says which model and field."""
 
 
-def _adapter(kind: str, base_url: str, api_key: str | None):
+def _adapter(kind: str, base_url: str, api_key: str | None, client):
     from router_ml.serve.providers import AnthropicProvider, GeminiProvider, OpenAICompatProvider
 
     if kind == "anthropic":
-        return AnthropicProvider(base_url, api_key=api_key)
+        return AnthropicProvider(base_url, api_key=api_key, client=client)
     if kind == "gemini":
-        return GeminiProvider(base_url, api_key=api_key)
-    return OpenAICompatProvider(base_url, api_key=api_key, name=kind)
+        return GeminiProvider(base_url, api_key=api_key, client=client)
+    return OpenAICompatProvider(base_url, api_key=api_key, name=kind, client=client)
 
 
-def load_catalog(path: Path, environ=os.environ) -> dict:
-    """Model name -> provider (wrapped for reliability), from the catalog file at ``path``."""
+def load_catalog(path: Path, environ=os.environ, client=None) -> dict:
+    """Model name -> provider (wrapped for reliability), from the catalog file at ``path``. Every adapter sends
+    through ``client`` (one shared ``httpx.AsyncClient`` pool) when given, else through a client of its own."""
     try:
         entries = tomllib.loads(Path(path).read_text())["models"]
     except FileNotFoundError as exc:
@@ -70,7 +71,7 @@ def load_catalog(path: Path, environ=os.environ) -> dict:
         base_url = entry.get("base_url", KINDS[kind])
         shared = (kind, base_url, key_env)
         if shared not in adapters:
-            adapters[shared] = _adapter(kind, base_url, api_key)
+            adapters[shared] = _adapter(kind, base_url, api_key, client)
         providers[model] = ReliableProvider(adapters[shared], f"{kind}/{model}",
                                             upstream_model=entry.get("upstream_model"))
     return providers
