@@ -223,6 +223,12 @@ def train_command(
     encoder: Annotated[str, typer.Option(help="static (fast, serving) or minilm.")] = "static",
     seed: int = 0,
     outcomes: Annotated[Optional[Path], typer.Option(help="Outcomes table (default: $ROUTER_ML_OUTCOMES_PATH).")] = None,
+    from_store: Annotated[bool, typer.Option("--from-store", help="Train on the gateway's call log instead: its "
+                                                                  "answered calls that got feedback.")] = False,
+    store_url: Annotated[Optional[str], typer.Option(help="The call log --from-store reads (SQLAlchemy URL; "
+                                                          "default: $ROUTER_ML_STORE_URL).")] = None,
+    with_outcomes: Annotated[bool, typer.Option("--with-outcomes", help="With --from-store: train on the logged "
+                                                                        "calls and the outcomes table.")] = False,
     out: Annotated[Optional[Path], typer.Option(help="Bundle directory (default: models/<name>).")] = None,
     mlflow: Annotated[bool, typer.Option(help="Log the run and register the bundle in MLflow.")] = True,
 ) -> None:
@@ -230,19 +236,43 @@ def train_command(
     from router_ml.bundle import file_sha256
     from router_ml.train import TrainConfig, default_output_dir, run
 
+    if not from_store and (store_url is not None or with_outcomes):
+        raise typer.BadParameter("needs --from-store", param_hint="--store-url" if store_url else "--with-outcomes")
     settings = get_settings()
     config = TrainConfig(name=name, router=router, sources=source or [], tasks=task or [], models=model or [],
                          min_prompts=min_prompts, test_fraction=test_fraction, n_trials=trials,
                          quality_share=quality_share, seed=seed)
-    outcomes_path = outcomes or settings.outcomes_path
-    table = _load_outcomes(outcomes_path)
-    checksums = {"outcomes_sha256": file_sha256(outcomes_path)}
-    if settings.manifest.is_file():
-        checksums["manifest_sha256"] = file_sha256(settings.manifest)
-    with _stages() as progress:
-        result = run(config, table, _encoder(encoder), out or default_output_dir(name), progress, checksums)
+    checksums, origin = {}, None
+    if from_store:
+        table, checksums["store"], origin = _store_outcomes(store_url or settings.store_url)
+    if not from_store or with_outcomes:
+        outcomes_path = outcomes or settings.outcomes_path
+        parquet = _load_outcomes(outcomes_path)
+        checksums["outcomes_sha256"] = file_sha256(outcomes_path)
+        if settings.manifest.is_file():
+            checksums["manifest_sha256"] = file_sha256(settings.manifest)
+        if from_store:
+            from router_ml.train import combine_outcomes
+
+            table, replaced = combine_outcomes(table, parquet)
+            checksums["store"]["replaced_table_rows"] = replaced
+            console.print(f"with the outcomes table {outcomes_path}: {parquet.height} rows"
+                          + (f", {replaced} of them replaced by a logged call of the same prompt and model"
+                             if replaced else ""))
+        else:
+            table = parquet
+    try:
+        with _stages() as progress:
+            result = run(config, table, _encoder(encoder), out or default_output_dir(name), progress, checksums)
+    except ValueError as exc:
+        if origin is None:
+            raise
+        raise ValueError(f"{origin}: {exc}") from exc
+    _print_selection(result.meta["data"]["selection"])
     if result.test is not None:
         _print_metrics(result.meta["metrics"])
+    for note in result.notes:
+        console.print(f"[yellow]note:[/yellow] {note}")
     console.print(f"bundle {result.meta['version']} written to {result.bundle_dir}")
     if mlflow:
         from router_ml.tracking import log_training
@@ -250,6 +280,38 @@ def train_command(
         logged = log_training(result, settings.mlflow_uri, settings.mlflow_artifacts)
         console.print(f"MLflow run {logged['run_id']}, registered model {name!r} version {logged['model_version']} "
                       f"({logged['tracking_uri']})")
+
+
+def _store_outcomes(url: str) -> tuple[pl.DataFrame, dict, str]:
+    """The call log's outcomes, what was read (counted, printed) and a phrase naming it for errors."""
+    from router_ml.train import outcomes_from_store
+
+    table, info = outcomes_from_store(url)
+    unused = [f"{info['calls_without_feedback']} answered without feedback yet", f"{info['failed_calls']} failed",
+              f"{info['superseded_calls']} superseded by a later call of the same prompt and model"]
+    console.print(f"call log {info['url']}: {info['outcomes']} outcome(s) from {info['calls_with_feedback']} call(s) "
+                  f"with feedback; not used: {', '.join(unused)}")
+    models = table["model"].n_unique()
+    origin = (f"training on the call log {info['url']} ({info['outcomes']} outcome(s) with feedback on "
+              f"{models} model{'s' if models != 1 else ''})")
+    return table, info, origin
+
+
+def _print_selection(selection: dict) -> None:
+    """What the pool left out, counted (nothing is dropped silently)."""
+    left = []
+    if selection["without_quality"]:
+        left.append(f"{selection['without_quality']} without quality")
+    if selection["other_sources_or_tasks"]:
+        left.append(f"{selection['other_sources_or_tasks']} of other sources or tasks")
+    dropped = selection["models_left_out"]
+    if dropped:
+        shown = ", ".join(f"{m} ({n})" for m, n in list(dropped.items())[:8])
+        more = f" and {len(dropped) - 8} more" if len(dropped) > 8 else ""
+        left.append(f"{sum(dropped.values())} of {len(dropped)} model(s) {selection['left_out_because']}: "
+                    f"{shown}{more}")
+    console.print(f"trained on {selection['in_pool']} of {selection['outcomes']} outcomes"
+                  + (f"; left out: {'; '.join(left)}" if left else ""))
 
 
 @app.command("evaluate")
@@ -271,6 +333,10 @@ def evaluate_command(
     from router_ml.train import TrainConfig, build_dataset, complete_rows, score, select_outcomes, split
 
     loaded = load_bundle(bundle)
+    if "store" in loaded.meta["data"]:
+        raise ValueError(f"{bundle} was trained on the call log {loaded.meta['data']['store']['url']}, which "
+                         "`evaluate` does not read: its test metrics (and what could not be scored) are in "
+                         "bundle.json")
     config = TrainConfig(**loaded.meta["config"])
     if not config.test_fraction:
         raise ValueError(f"{bundle} was trained on all its data (test fraction 0): nothing held out to score")

@@ -6,6 +6,12 @@ the policy on validation -> evaluate on test -> bundle.
 
 Every setting (hyper-parameters, the policy's cost weight) is chosen on validation
 data split from the training data; the test split is only ever scored.
+
+The outcomes come from the public table or from the gateway's call log (:func:`outcomes_from_store`,
+sparse: usually one model per prompt). Routers learn from the known cells; calibrating the policy
+needs validation prompts with an outcome for every pool model, and scoring needs such test prompts:
+what could not be scored is said in the bundle's ``notes``, and what the selection left out is
+counted in ``data.selection``.
 """
 
 from __future__ import annotations
@@ -63,13 +69,30 @@ class TrainConfig:
     seed: int = 0
 
 
-def select_outcomes(outcomes: pl.DataFrame, config: TrainConfig) -> tuple[pl.DataFrame, list[str]]:
-    """The rows of the configured sources, tasks and models, and the model pool (sorted)."""
+def _in_scope(outcomes: pl.DataFrame, config: TrainConfig) -> pl.DataFrame:
+    """The rows with a known quality, of the configured sources and tasks."""
     rows = outcomes.filter(pl.col("quality").is_not_null())
     if config.sources:
         rows = rows.filter(pl.col("source").is_in(config.sources))
     if config.tasks:
         rows = rows.filter(pl.col("task").is_in(config.tasks))
+    return rows
+
+
+def _model_counts(rows: pl.DataFrame) -> dict[str, int]:
+    counts = rows.group_by("model").len().sort("len", "model", descending=[True, False])
+    return dict(zip(counts["model"].to_list(), counts["len"].to_list()))
+
+
+def _listed(counts: dict[str, int], limit: int = 8) -> str:
+    shown = [f"{model} ({n})" for model, n in list(counts.items())[:limit]]
+    more = len(counts) - limit
+    return ", ".join(shown) + (f" and {more} more" if more > 0 else "")
+
+
+def select_outcomes(outcomes: pl.DataFrame, config: TrainConfig) -> tuple[pl.DataFrame, list[str]]:
+    """The rows of the configured sources, tasks and models, and the model pool (sorted)."""
+    rows = _in_scope(outcomes, config)
     if config.models:
         missing = sorted(set(config.models) - set(rows["model"].unique().to_list()))
         if missing:
@@ -79,8 +102,81 @@ def select_outcomes(outcomes: pl.DataFrame, config: TrainConfig) -> tuple[pl.Dat
         counts = rows.group_by("model").len().filter(pl.col("len") >= config.min_prompts)
         models = sorted(counts["model"].to_list())
     if len(models) < 2:
-        raise ValueError(f"a router needs at least two models; the selection has {models}")
+        counts = _model_counts(rows)
+        held = (f"{rows.height} outcomes with a known quality on {len(counts)} model(s)"
+                + (f": {_listed(counts)}" if counts else ""))
+        need = ("two models" if config.models else
+                f"two models with at least {config.min_prompts} outcomes each (--min-prompts)")
+        raise ValueError(f"a router needs at least {need}; the selection holds {held}")
     return rows.filter(pl.col("model").is_in(models)), models
+
+
+def selection_report(outcomes: pl.DataFrame, config: TrainConfig, models: list[str]) -> dict:
+    """What :func:`select_outcomes` left out of ``outcomes``, counted: rows without a quality, rows of
+    other sources or tasks, and the models kept out of the pool (with their outcome counts)."""
+    known = outcomes.filter(pl.col("quality").is_not_null()).height
+    rows = _in_scope(outcomes, config)
+    left_out = {m: n for m, n in _model_counts(rows).items() if m not in models}
+    return {"outcomes": outcomes.height, "without_quality": outcomes.height - known,
+            "other_sources_or_tasks": known - rows.height, "in_pool": rows.height - sum(left_out.values()),
+            "models_left_out": left_out,
+            "left_out_because": ("not in the pool named by --model" if config.models else
+                                 f"with fewer than {config.min_prompts} outcomes (--min-prompts)")}
+
+
+def outcomes_from_store(url: str) -> tuple[pl.DataFrame, dict]:
+    """The gateway's call log at ``url`` as an outcomes table: its 'ok' calls that got feedback
+    (:meth:`router_ml.serve.store.CallStore.outcomes`), and what was read, counted.
+
+    The store is opened without a journal (nothing is replayed or written; a gateway that died
+    replays its journal when it next starts) and closed before returning, writer thread included.
+    A SQLite URL whose file does not exist is an error, not a new empty log. The counts: calls with
+    feedback, 'ok' calls still without feedback, failed calls (never outcomes), and repeated calls of
+    one (prompt, model) that a later one superseded (the outcomes schema keeps one per pair).
+    """
+    import hashlib
+
+    import sqlalchemy as sa
+
+    from router_ml.serve.store import CallStore, calls
+
+    parsed = sa.engine.make_url(url)
+    shown = parsed.render_as_string(hide_password=True)
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:") \
+            and not Path(parsed.database).is_file():
+        raise ValueError(f"no call log at {parsed.database}: the gateway writes it (`router-ml serve`); "
+                         "point --store-url or $ROUTER_ML_STORE_URL at it")
+    store = CallStore(url)
+    try:
+        no_feedback = calls.c.feedback_at.is_(None)
+        with store.engine.connect() as conn:
+            groups = conn.execute(sa.select(calls.c.status, no_feedback, sa.func.count())
+                                  .group_by(calls.c.status, no_feedback)).all()
+        table = store.outcomes(with_feedback_only=True)
+    finally:
+        store.close()
+    counts: dict[str, int] = {}
+    for status, without, n in groups:
+        kind = "failed" if status != "ok" else "without_feedback" if without else "with_feedback"
+        counts[kind] = counts.get(kind, 0) + int(n)
+    info = {"url": shown, "calls_with_feedback": int(counts.get("with_feedback", 0)),
+            "calls_without_feedback": int(counts.get("without_feedback", 0)),
+            "failed_calls": int(counts.get("failed", 0)), "outcomes": table.height}
+    info["superseded_calls"] = info["calls_with_feedback"] - table.height
+    if table.height == 0:
+        raise ValueError(f"the call log {shown} holds no call with feedback ({info['calls_without_feedback']} "
+                         f"answered call(s) without feedback, {info['failed_calls']} failed): give feedback with "
+                         "POST /v1/feedback (call_id and quality) before training on it")
+    key = table.sort("prompt_id", "model").select("prompt_id", "model", "quality", "cost_usd", "input_tokens", "ts")
+    info["outcomes_sha256"] = hashlib.sha256(key.write_csv().encode()).hexdigest()
+    return table, info
+
+
+def combine_outcomes(logged: pl.DataFrame, table: pl.DataFrame) -> tuple[pl.DataFrame, int]:
+    """The logged outcomes beside an outcomes table, and how many rows of ``table`` a logged row of the
+    same (prompt_id, model) replaced (the log is the more recent word)."""
+    kept = table.join(logged.select("prompt_id", "model"), on=["prompt_id", "model"], how="anti")
+    return pl.concat([kept, logged.select(kept.columns)], how="vertical"), table.height - kept.height
 
 
 def build_dataset(rows: pl.DataFrame, models: list[str], featurize, progress: Progress | None = None) -> Dataset:
@@ -223,6 +319,32 @@ class TrainResult:
     router: object
     cost: CostPredictor
     test: dict | None
+    notes: list[str] = field(default_factory=list)
+    """What could not be done as usual (a test split without complete prompts, a thin calibration), in words."""
+
+
+def coverage(data: Dataset) -> dict:
+    """Prompts, known (prompt, model) outcomes, and complete prompts (a known outcome for every model)."""
+    known = ~np.isnan(data.matrix.quality)
+    return {"prompts": len(data), "outcomes": int(known.sum()), "complete": len(complete_rows(data))}
+
+
+def _models_per_prompt(data: Dataset) -> str:
+    """'14 with 1 model, 2 with 2 models': how many pool models each prompt has an outcome for."""
+    counts = np.bincount((~np.isnan(data.matrix.quality)).sum(axis=1), minlength=1)
+    return ", ".join(f"{n} with {k} model{'s' if k != 1 else ''}" for k, n in enumerate(counts) if n)
+
+
+def check_fit_coverage(fit: Dataset, data: Dataset) -> None:
+    """Every pool model needs a known quality among the fit prompts; name those that lack one."""
+    fit_known = (~np.isnan(fit.matrix.quality)).sum(axis=0)
+    all_known = (~np.isnan(data.matrix.quality)).sum(axis=0)
+    absent = [j for j, n in enumerate(fit_known) if n == 0]
+    if absent:
+        named = ", ".join(f"{fit.matrix.models[j]} ({all_known[j]} outcome(s), all on validation or test prompts)"
+                          for j in absent)
+        raise ValueError(f"no outcome among the {len(fit)} fit prompts for {named}: a router cannot learn "
+                         "a model it never saw; add outcomes for it or leave it out of the pool (--model)")
 
 
 def validation_gap_closed(router, cost: CostPredictor, val: Dataset) -> float:
@@ -251,41 +373,73 @@ def fit_router(config: TrainConfig, fit: Dataset, val: Dataset, cost: CostPredic
     return best, params, router, {k: v[2] for k, v in tried.items()}
 
 
-def run(config: TrainConfig, outcomes: pl.DataFrame, encoder, out_dir: Path, progress: Progress | None = None,
-        data_checksums: dict | None = None) -> TrainResult:
-    """The whole pipeline: select, featurize, split, search, fit, calibrate, score, bundle."""
+def bundle_meta(config: TrainConfig, encoder, models: list[str], kind: str, router, params: dict, tried: dict,
+                calibration, splits: tuple[Dataset, Dataset, Dataset | None], outcomes_used: int, selection: dict,
+                data_checksums: dict, metrics: dict, notes: list[str]) -> dict:
+    """The bundle metadata every trainer writes (``run`` and the notebook alike), before versioning."""
     from dataclasses import asdict
 
-    from router_ml.bundle import fingerprint, save_bundle
-    from router_ml.features import PromptFeaturizer
-    from router_ml.routers.policy import calibrate
+    from router_ml.bundle import fingerprint
 
-    progress = progress or Progress()
-    rows, models = select_outcomes(outcomes, config)
-    data = build_dataset(rows, models, PromptFeaturizer(encoder.encode).transform, progress)
-    fit, val, test = split(data, config)
-    val_complete = complete_rows(val)
-    if len(val_complete) == 0:
-        raise ValueError(f"none of the {len(val)} validation prompts has outcomes for every model of the pool "
-                         f"({', '.join(models)}): cannot calibrate the policy; choose models that answered the "
-                         "same prompts (--source, --model)")
-    cost = fit_cost(fit)
-    kind, params, router, selection = fit_router(config, fit, val_complete, cost, progress)
-    calibration = calibrate(router.predict(val_complete.X), cost.predict(val_complete.input_tokens),
-                            val_complete.matrix.quality, val_complete.matrix.cost, "quality_share",
-                            config.quality_share)
-    scored = score(router, cost, test, calibration) if test is not None and len(complete_rows(test)) else None
-    meta = {
+    fit, val, test = splits
+    return {
         "name": config.name,
         "config": asdict(config),
         "encoder": {"id": encoder.encoder_id, "fingerprint": fingerprint(encoder)},
         "models": models,
         "catalog": catalog(models),
-        "router": {"kind": kind, "class": type(router).__name__, "params": params, "selection": selection},
+        "router": {"kind": kind, "class": type(router).__name__, "params": params, "selection": tried},
         "calibration": asdict(calibration),
         "data": {"prompts": {"fit": len(fit), "validation": len(val), "test": len(test) if test else 0},
-                 "outcomes": rows.height, **(data_checksums or {})},
-        "metrics": scored["metrics"] if scored else {},
+                 "outcomes": outcomes_used, "selection": selection,
+                 "coverage": {"fit": coverage(fit), "validation": coverage(val),
+                              **({"test": coverage(test)} if test is not None else {})},
+                 **data_checksums},
+        "metrics": metrics,
+        "notes": notes,
     }
+
+
+def run(config: TrainConfig, outcomes: pl.DataFrame, encoder, out_dir: Path, progress: Progress | None = None,
+        data_checksums: dict | None = None) -> TrainResult:
+    """The whole pipeline: select, featurize, split, search, fit, calibrate, score, bundle."""
+    from router_ml.bundle import save_bundle
+    from router_ml.features import PromptFeaturizer
+    from router_ml.routers.policy import calibrate
+
+    progress = progress or Progress()
+    rows, models = select_outcomes(outcomes, config)
+    selection = selection_report(outcomes, config, models)
+    data = build_dataset(rows, models, PromptFeaturizer(encoder.encode).transform, progress)
+    fit, val, test = split(data, config)
+    check_fit_coverage(fit, data)
+    val_complete = complete_rows(val)
+    if len(val_complete) == 0:
+        raise ValueError(f"none of the {len(val)} validation prompts has outcomes for every model of the pool "
+                         f"({', '.join(models)}; per prompt: {_models_per_prompt(val) or 'none'}): cannot "
+                         "calibrate the policy; choose models that answered the same prompts (--source, --model)")
+    notes = []
+    if len(val_complete) < 20:
+        notes.append(f"the policy is calibrated on only {len(val_complete)} validation prompt(s) with outcomes for "
+                     f"every model (of {len(val)}: {_models_per_prompt(val)}); its quality target is a rough guess")
+    cost = fit_cost(fit)
+    kind, params, router, tried = fit_router(config, fit, val_complete, cost, progress)
+    calibration = calibrate(router.predict(val_complete.X), cost.predict(val_complete.input_tokens),
+                            val_complete.matrix.quality, val_complete.matrix.cost, "quality_share",
+                            config.quality_share)
+    scored = None
+    if test is not None:
+        test_complete = len(complete_rows(test))
+        if test_complete:
+            scored = score(router, cost, test, calibration)
+        if not len(test):
+            notes.append("not scored: the test split is empty (too few duplicate groups for --test-fraction)")
+        elif test_complete < len(test):
+            notes.append(f"{'not scored' if not test_complete else f'scored on {test_complete} prompt(s) only'}: "
+                         f"{len(test) - test_complete} of the {len(test)} test prompts lack an outcome for some "
+                         f"model of the pool (per prompt: {_models_per_prompt(test)}); a curve needs every "
+                         "model's outcome")
+    meta = bundle_meta(config, encoder, models, kind, router, params, tried, calibration, (fit, val, test),
+                       rows.height, selection, data_checksums or {}, scored["metrics"] if scored else {}, notes)
     meta = save_bundle(out_dir, meta, router, cost)
-    return TrainResult(Path(out_dir), meta, router, cost, scored)
+    return TrainResult(Path(out_dir), meta, router, cost, scored, notes)
