@@ -7,7 +7,6 @@ import asyncio
 import json
 import socket
 
-import httpx
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -18,6 +17,7 @@ from loopback import collect, serve
 
 from router_ml.serve.providers.anthropic import AnthropicProvider, convert_messages, convert_tool_choice
 from router_ml.serve.providers.base import ChatChunk, ChatRequest, ProviderError
+from router_ml.serve.providers.wire import Timeouts, UpstreamPool
 
 SEEN: dict = {}
 ANSWER = ["Hello", " there,", " general", " Kenobi."]
@@ -190,14 +190,15 @@ def test_complete_text_usage_and_stop_reasons(upstream):
     long = _run(upstream, lambda p: p.complete(ChatRequest(model="long", messages=_user("hi"), max_tokens=4)))
     assert long.finish_reason == "length"
 
-    # A shared client passed in is used and left open.
+    # A shared pool passed in is used and left open.
     async def shared():
-        async with httpx.AsyncClient() as client:
-            provider = AnthropicProvider(upstream, client=client)
-            answer = await provider.complete(ChatRequest(model="ok", messages=_user("hi")))
-            await provider.aclose()
-            assert not client.is_closed
-            return answer
+        pool = UpstreamPool()
+        provider = AnthropicProvider(upstream, pool=pool)
+        answer = await provider.complete(ChatRequest(model="ok", messages=_user("hi")))
+        await provider.aclose()
+        assert not pool.session.closed
+        await pool.aclose()
+        return answer
     assert asyncio.run(shared()).text == "Hello there, general Kenobi."
 
 
@@ -339,7 +340,7 @@ def test_http_errors(upstream, stream):
 
 @pytest.mark.parametrize("stream", [False, True])
 def test_timeout_is_retryable_504(upstream, stream):
-    error = _error(upstream, "slow", stream, timeout=httpx.Timeout(0.3))
+    error = _error(upstream, "slow", stream, timeout=Timeouts(read=0.3))
     assert (error.status, error.retryable) == (504, True) and "timed out" in error.message
 
 
@@ -353,5 +354,5 @@ def test_connection_refused_is_retryable_502():
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]  # closed again: nothing listens there
-    error = _error(f"http://127.0.0.1:{port}", "ok", False, timeout=httpx.Timeout(2.0))
+    error = _error(f"http://127.0.0.1:{port}", "ok", False, timeout=Timeouts(connect=2.0))
     assert (error.status, error.retryable) == (502, True)

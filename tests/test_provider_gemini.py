@@ -8,7 +8,6 @@ import asyncio
 import json
 import socket
 
-import httpx
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -18,6 +17,7 @@ from starlette.routing import Route
 from loopback import collect, serve
 
 from router_ml.serve.providers.base import ChatChunk, ChatRequest, ProviderError
+from router_ml.serve.providers.wire import Timeouts, UpstreamPool
 from router_ml.serve.providers.gemini import GeminiProvider
 
 KEY = "AIza-test-key"
@@ -188,16 +188,14 @@ def test_complete_url_key_header_roles_and_generation_config(upstream):
 
 
 def test_defaults_omit_unset_fields_and_key_and_respect_api_version(upstream):
-    async def call(client: httpx.AsyncClient):
-        provider = GeminiProvider(upstream.rstrip("/"), client=client)
+    async def main():
+        pool = UpstreamPool()
+        provider = GeminiProvider(upstream.rstrip("/"), pool=pool)
         answer = await provider.complete(ChatRequest(model="models/ok", messages=_user("hi")))
         await provider.aclose()
-        assert not client.is_closed  # a shared client is left open
+        assert not pool.session.closed  # a shared pool is left open
+        await pool.aclose()
         return answer
-
-    async def main():
-        async with httpx.AsyncClient() as client:
-            return await call(client)
 
     assert asyncio.run(main()).text == "Hello there, general Kenobi."
     assert SEEN["path"] == "/v1beta/models/ok:generateContent"
@@ -353,7 +351,7 @@ def test_malformed_json_is_502(upstream, stream):
 
 @pytest.mark.parametrize("stream", [False, True])
 def test_timeout_is_retryable_504(upstream, stream):
-    error = _error(upstream, "slow", stream, timeout=httpx.Timeout(0.3))
+    error = _error(upstream, "slow", stream, timeout=Timeouts(read=0.3))
     assert (error.status, error.retryable) == (504, True) and "timed out" in error.message
 
 
@@ -361,5 +359,5 @@ def test_connection_refused_is_retryable_502():
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]  # closed again: nothing listens there
-    error = _error(f"http://127.0.0.1:{port}", "ok", False, timeout=httpx.Timeout(2.0))
+    error = _error(f"http://127.0.0.1:{port}", "ok", False, timeout=Timeouts(connect=2.0))
     assert (error.status, error.retryable) == (502, True)

@@ -8,7 +8,6 @@ import json
 import socket
 import time
 
-import httpx
 import polars as pl
 import pytest
 from starlette.applications import Starlette
@@ -27,6 +26,7 @@ from router_ml.serve.providers import (
     ProviderError,
     ReplayProvider,
 )
+from router_ml.serve.providers.wire import Timeouts, UpstreamPool
 from router_ml.tokens import count_tokens
 
 MODEL = "gpt-4-1106-preview"
@@ -229,14 +229,15 @@ def test_openai_complete_answer_and_usage(upstream):
     assert (result.usage.input_tokens, result.usage.output_tokens) == (11, 4) and result.tool_calls is None
     assert SEEN["headers"]["authorization"] == "Bearer sk-test"
     assert SEEN["body"] == {"model": "ok", "messages": _user("hi"), "temperature": 0.2, "max_tokens": 50}
-    # No key: no Authorization header; a shared client passed in is used and left open.
+    # No key: no Authorization header; a shared pool passed in is used and left open.
     async def shared():
-        async with httpx.AsyncClient() as client:
-            provider = OpenAICompatProvider(upstream, client=client)
-            answer = await provider.complete(ChatRequest(model="ok", messages=_user("hi")))
-            await provider.aclose()
-            assert not client.is_closed
-            return answer
+        pool = UpstreamPool()
+        provider = OpenAICompatProvider(upstream, pool=pool)
+        answer = await provider.complete(ChatRequest(model="ok", messages=_user("hi")))
+        await provider.aclose()
+        assert not pool.session.closed
+        await pool.aclose()
+        return answer
     assert asyncio.run(shared()).text == "Hello there, general Kenobi."
     assert "authorization" not in SEEN["headers"]
 
@@ -298,7 +299,7 @@ def test_openai_stream_cut_midway_raises_from_the_iterator(upstream, model):
 
 @pytest.mark.parametrize("stream", [False, True])
 def test_openai_timeout_is_retryable_504(upstream, stream):
-    error = _error(upstream, "slow", stream, timeout=httpx.Timeout(0.3))
+    error = _error(upstream, "slow", stream, timeout=Timeouts(read=0.3))
     assert (error.status, error.retryable) == (504, True) and "timed out" in error.message
 
 
@@ -306,5 +307,5 @@ def test_openai_connection_refused_is_retryable_502():
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]  # closed again: nothing listens there
-    error = _error(f"http://127.0.0.1:{port}/v1", "ok", False, timeout=httpx.Timeout(2.0))
+    error = _error(f"http://127.0.0.1:{port}/v1", "ok", False, timeout=Timeouts(connect=2.0))
     assert (error.status, error.retryable) == (502, True)

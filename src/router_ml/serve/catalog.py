@@ -36,19 +36,20 @@ class CatalogError(ValueError):
     """The provider catalog names something wrong; the message says which model and field."""
 
 
-def _adapter(kind: str, base_url: str, api_key: str | None, client):
+def _adapter(kind: str, base_url: str, api_key: str | None, pool):
     from router_ml.serve.providers import AnthropicProvider, GeminiProvider, OpenAICompatProvider
 
     if kind == "anthropic":
-        return AnthropicProvider(base_url, api_key=api_key, client=client)
+        return AnthropicProvider(base_url, api_key=api_key, pool=pool)
     if kind == "gemini":
-        return GeminiProvider(base_url, api_key=api_key, client=client)
-    return OpenAICompatProvider(base_url, api_key=api_key, name=kind, client=client)
+        return GeminiProvider(base_url, api_key=api_key, pool=pool)
+    return OpenAICompatProvider(base_url, api_key=api_key, name=kind, pool=pool)
 
 
-def load_catalog(path: Path, environ=os.environ, client=None) -> dict:
+def load_catalog(path: Path, environ=os.environ, pool=None) -> dict:
     """Model name -> provider (wrapped for reliability), from the catalog file at ``path``. Every adapter sends
-    through ``client`` (one shared ``httpx.AsyncClient`` pool) when given, else through a client of its own."""
+    through ``pool`` (the app's one :class:`~router_ml.serve.providers.wire.UpstreamPool`) when given, else
+    through a pool of its own."""
     try:
         entries = tomllib.loads(Path(path).read_text())["models"]
     except FileNotFoundError as exc:
@@ -71,7 +72,7 @@ def load_catalog(path: Path, environ=os.environ, client=None) -> dict:
         base_url = entry.get("base_url", KINDS[kind])
         shared = (kind, base_url, key_env)
         if shared not in adapters:
-            adapters[shared] = _adapter(kind, base_url, api_key, client)
+            adapters[shared] = _adapter(kind, base_url, api_key, pool)
         providers[model] = ReliableProvider(adapters[shared], f"{kind}/{model}",
                                             upstream_model=entry.get("upstream_model"))
     return providers

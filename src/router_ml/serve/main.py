@@ -14,16 +14,15 @@ from __future__ import annotations
 
 from contextlib import asynccontextmanager
 
-import httpx
 import polars as pl
 
 from router_ml.config import get_settings
-from router_ml.serve.providers.wire import DEFAULT_TIMEOUT
+from router_ml.serve.providers.wire import UpstreamPool
 from router_ml.serve.reliability import ReliableProvider
 
 
-def providers_for(models: list[str], settings, client=None) -> dict:
-    """Model name -> provider; HTTP providers send through ``client`` (the app's one connection pool)."""
+def providers_for(models: list[str], settings, pool: UpstreamPool | None = None) -> dict:
+    """Model name -> provider; HTTP providers send through ``pool`` (the app's one connection pool)."""
     if settings.provider == "replay":
         from router_ml.serve.providers.replay import ReplayProvider
 
@@ -40,22 +39,15 @@ def providers_for(models: list[str], settings, client=None) -> dict:
 
         if settings.providers_file is None:
             raise ValueError("ROUTER_ML_PROVIDER=catalog needs ROUTER_ML_PROVIDERS_FILE (a TOML provider catalog)")
-        return load_catalog(settings.providers_file, client=client)
+        return load_catalog(settings.providers_file, pool=pool)
     if settings.provider == "openai":
         from router_ml.serve.providers.openai_compat import OpenAICompatProvider
 
         if not settings.upstream_base_url:
             raise ValueError("ROUTER_ML_PROVIDER=openai needs ROUTER_ML_UPSTREAM_BASE_URL")
-        upstream = OpenAICompatProvider(settings.upstream_base_url, api_key=settings.upstream_api_key,
-                                        client=client)
+        upstream = OpenAICompatProvider(settings.upstream_base_url, api_key=settings.upstream_api_key, pool=pool)
         return {m: ReliableProvider(upstream, f"openai/{m}") for m in models}  # one breaker per deployment
     raise ValueError(f"ROUTER_ML_PROVIDER must be 'replay', 'openai' or 'catalog', not {settings.provider!r}")
-
-
-def upstream_client() -> httpx.AsyncClient:
-    """The one connection pool every HTTP provider of the app shares (timeouts: :data:`DEFAULT_TIMEOUT`)."""
-    return httpx.AsyncClient(timeout=DEFAULT_TIMEOUT, limits=httpx.Limits(max_connections=1000,
-                                                                          max_keepalive_connections=200))
 
 
 def build_app():
@@ -67,13 +59,13 @@ def build_app():
     settings = get_settings()
     models = load_bundle(settings.bundle).models
     store = CallStore(settings.store_url, journal_dir=settings.store_journal)
-    client = upstream_client()
-    app = create_app(settings.bundle, providers_for(models, settings, client), store=store)
+    pool = UpstreamPool()
+    app = create_app(settings.bundle, providers_for(models, settings, pool), store=store)
 
     @asynccontextmanager
     async def lifespan(app):
         yield
-        await client.aclose()
+        await pool.aclose()
         store.close()  # flush every logged call before the process ends
 
     app.router.lifespan_context = lifespan

@@ -1,4 +1,4 @@
-"""A provider speaking the Anthropic Messages API wire format over httpx.
+"""A provider speaking the Anthropic Messages API wire format over HTTP (the shared upstream pool).
 
 ``POST {base_url}/v1/messages`` with ``x-api-key`` and ``anthropic-version`` headers. The OpenAI-style
 :class:`ChatRequest` is translated on the way out:
@@ -31,16 +31,15 @@ message_stop, ping, error). Failures are :class:`ProviderError`:
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-
-import httpx
+from collections.abc import AsyncIterator, Mapping
 
 from router_ml.serve.providers.base import ChatChunk, ChatRequest, ChatResult, ProviderError, Usage
-from router_ml.serve.providers.wire import (HTTPAdapter, counted_input_tokens, message_text, retry_after_seconds,
+from router_ml.serve.providers.wire import (TRANSPORT_ERRORS, HTTPAdapter, Timeouts, UpstreamPool,
+                                             counted_input_tokens, message_text, retry_after_seconds, sse_lines,
                                              tool_arguments)
 from router_ml.tokens import count_tokens
 
-DEFAULT_TIMEOUT = httpx.Timeout(120.0, connect=10.0)
+DEFAULT_TIMEOUT = Timeouts(connect=10.0, read=120.0)
 DEFAULT_VERSION = "2023-06-01"
 
 FINISH_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls",
@@ -211,10 +210,10 @@ class AnthropicProvider(HTTPAdapter):
     """Messages API against ``base_url`` (``https://api.anthropic.com``; a base ending in ``/v1`` works too)."""
 
     def __init__(self, base_url: str = "https://api.anthropic.com", api_key: str | None = None,
-                 name: str = "anthropic", timeout: httpx.Timeout = DEFAULT_TIMEOUT,
-                 client: httpx.AsyncClient | None = None, default_max_tokens: int = 1024,
+                 name: str = "anthropic", timeout: Timeouts = DEFAULT_TIMEOUT,
+                 pool: UpstreamPool | None = None, default_max_tokens: int = 1024,
                  version: str = DEFAULT_VERSION):
-        super().__init__(base_url, api_key, name, timeout, client)
+        super().__init__(base_url, api_key, name, timeout, pool)
         self.url = self.base_url + ("/messages" if self.base_url.endswith("/v1") else "/v1/messages")
         self.default_max_tokens = default_max_tokens
         self.version = version
@@ -253,12 +252,11 @@ class AnthropicProvider(HTTPAdapter):
 
     # ------------------------------------------------------------ errors
 
-    def _http_error(self, response: httpx.Response, body: bytes) -> ProviderError:
-        status = response.status_code
+    def _http_error(self, status: int, headers: Mapping[str, str], body: bytes) -> ProviderError:
         kind, detail = _error_text(body)
         message = f"upstream HTTP {status}" + (f" {kind}" if kind else "") + f": {detail}"
         # Anthropic's 529 "overloaded" is a 503 to our clients.
-        return self._status_error(503 if status == 529 else status, message, retry_after_seconds(response.headers))
+        return self._status_error(503 if status == 529 else status, message, retry_after_seconds(headers))
 
     def _event_error(self, data) -> ProviderError:
         kind, detail = _anthropic_error(data)
@@ -271,14 +269,14 @@ class AnthropicProvider(HTTPAdapter):
     async def complete(self, request: ChatRequest) -> ChatResult:
         body = self._body(request, stream=False)
         try:
-            response = await self.client.post(self.url, json=body, headers=self._request_headers(),
-                                              timeout=self.timeout)
-        except httpx.TransportError as exc:
+            async with self._post(self.url, body, self._request_headers()) as response:
+                raw = await response.read()
+        except TRANSPORT_ERRORS as exc:
             raise self._transport_error(exc) from exc
-        if response.status_code >= 400:
-            raise self._http_error(response, response.content)
+        if response.status >= 400:
+            raise self._http_error(response.status, response.headers, raw)
         try:
-            data = response.json()
+            data = json.loads(raw)
             if data.get("type") == "error":
                 raise self._event_error(data)
             texts: list[str] = []
@@ -294,7 +292,7 @@ class AnthropicProvider(HTTPAdapter):
                                 usage=Usage(_input_tokens(usage), int(usage.get("output_tokens") or 0)),
                                 tool_calls=tool_calls or None)
         except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
-            raise self._error(f"malformed response from upstream: {response.text[:200]!r}", 502, False) from exc
+            raise self._error(f"malformed response from upstream: {raw[:200]!r}", 502, False) from exc
         return result
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
@@ -309,10 +307,9 @@ class AnthropicProvider(HTTPAdapter):
         done = False
         in_body = False
         try:
-            async with self.client.stream("POST", self.url, json=body, headers=self._request_headers(),
-                                          timeout=self.timeout) as response:
-                if response.status_code >= 400:
-                    raise self._http_error(response, await response.aread())
+            async with self._post(self.url, body, self._request_headers()) as response:
+                if response.status >= 400:
+                    raise self._http_error(response.status, response.headers, await response.read())
                 in_body = True
                 async for event_name, data_lines in self._events(response):
                     payload = "\n".join(data_lines)
@@ -369,10 +366,8 @@ class AnthropicProvider(HTTPAdapter):
                     except (TypeError, ValueError, AttributeError) as exc:
                         raise self._error(f"malformed stream event from upstream: {payload[:200]!r}", 502,
                                           False) from exc
-        except httpx.TransportError as exc:
-            if isinstance(exc, httpx.TimeoutException) or not in_body:
-                raise self._transport_error(exc) from exc
-            raise self._error(f"stream cut: {type(exc).__name__}: {exc}", 502, True) from exc
+        except TRANSPORT_ERRORS as exc:
+            raise (self._cut(exc) if in_body else self._transport_error(exc)) from exc
         if not done:
             raise self._error("stream cut: upstream ended the stream without message_stop", 502, True)
         if input_tokens is None:
@@ -383,13 +378,12 @@ class AnthropicProvider(HTTPAdapter):
                         usage=Usage(input_tokens, output_tokens))
 
     @staticmethod
-    async def _events(response: httpx.Response) -> AsyncIterator[tuple[str | None, list[str]]]:
+    async def _events(response) -> AsyncIterator[tuple[str | None, list[str]]]:
         """Server-sent events as (event name, data lines), dispatched at each blank line; comments and
         events without data skipped."""
         name: str | None = None
         data: list[str] = []
-        async for line in response.aiter_lines():
-            line = line.rstrip("\r\n")
+        async for line in sse_lines(response):
             if not line:
                 if data:
                     yield name, data

@@ -1,4 +1,4 @@
-"""A provider speaking Google's Gemini API (``generateContent``) over httpx.
+"""A provider speaking Google's Gemini API (``generateContent``) over HTTP (the shared upstream pool).
 
 ``POST {base_url}/{api_version}/models/{model}:generateContent`` with the key in the ``x-goog-api-key`` header
 (never in the URL); streamed from ``:streamGenerateContent?alt=sse`` as server-sent events, each
@@ -34,13 +34,12 @@ Failures are :class:`ProviderError`:
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-
-import httpx
+from collections.abc import AsyncIterator, Mapping
 
 from router_ml.serve.providers.base import ChatChunk, ChatRequest, ChatResult, ProviderError, Usage
-from router_ml.serve.providers.wire import (DEFAULT_TIMEOUT, HTTPAdapter, counted_input_tokens, message_text,
-                                             retry_after_seconds, tool_arguments)
+from router_ml.serve.providers.wire import (DEFAULT_TIMEOUT, TRANSPORT_ERRORS, HTTPAdapter, Timeouts, UpstreamPool,
+                                             counted_input_tokens, message_text, retry_after_seconds, sse_lines,
+                                             tool_arguments)
 from router_ml.tokens import count_tokens
 
 DEFAULT_BASE_URL = "https://generativelanguage.googleapis.com"
@@ -181,11 +180,11 @@ def _gemini_error(body: bytes) -> tuple[str, float | None]:
     return message or text[:500], delay
 
 
-async def _sse_payloads(response: httpx.Response) -> AsyncIterator[str]:
+async def _sse_payloads(response) -> AsyncIterator[str]:
     """The data of each server-sent event (multi-line data joined); an unterminated last event is kept only
     when it is complete JSON (a cut mid-event is then reported as a cut, not as malformed)."""
     data_lines: list[str] = []
-    async for line in response.aiter_lines():
+    async for line in sse_lines(response):
         if line.strip():
             if line.startswith("data:"):
                 data_lines.append(line[5:].removeprefix(" "))
@@ -206,9 +205,9 @@ class GeminiProvider(HTTPAdapter):
     """Gemini models (``gemini-2.5-flash``, ...) through the Generative Language API."""
 
     def __init__(self, base_url: str = DEFAULT_BASE_URL, api_key: str | None = None, name: str = "gemini",
-                 timeout: httpx.Timeout = DEFAULT_TIMEOUT, client: httpx.AsyncClient | None = None,
+                 timeout: Timeouts = DEFAULT_TIMEOUT, pool: UpstreamPool | None = None,
                  api_version: str = "v1beta"):
-        super().__init__(base_url, api_key, name, timeout, client)
+        super().__init__(base_url, api_key, name, timeout, pool)
         self.api_version = api_version.strip("/")
 
     def url(self, model: str, method: str) -> str:
@@ -227,10 +226,10 @@ class GeminiProvider(HTTPAdapter):
         except ValueError as exc:
             raise self._error(f"cannot translate request for Gemini: {exc}", 400, False) from exc
 
-    def _http_error(self, response: httpx.Response, body: bytes) -> ProviderError:
+    def _http_error(self, status: int, headers: Mapping[str, str], body: bytes) -> ProviderError:
         message, delay = _gemini_error(body)
-        retry_after = retry_after_seconds(response.headers)
-        return self._status_error(response.status_code, f"upstream HTTP {response.status_code}: {message}",
+        retry_after = retry_after_seconds(headers)
+        return self._status_error(status, f"upstream HTTP {status}: {message}",
                                   delay if retry_after is None else retry_after)
 
     def _blocked(self, data: dict) -> ProviderError | None:
@@ -268,14 +267,15 @@ class GeminiProvider(HTTPAdapter):
     async def complete(self, request: ChatRequest) -> ChatResult:
         body = self._body(request)
         try:
-            response = await self.client.post(self.url(request.model, "generateContent"), json=body,
-                                              headers=self._request_headers(), timeout=self.timeout)
-        except httpx.TransportError as exc:
+            async with self._post(self.url(request.model, "generateContent"), body,
+                                  self._request_headers()) as response:
+                raw = await response.read()
+        except TRANSPORT_ERRORS as exc:
             raise self._transport_error(exc) from exc
-        if response.status_code >= 400:
-            raise self._http_error(response, response.content)
+        if response.status >= 400:
+            raise self._http_error(response.status, response.headers, raw)
         try:
-            data = response.json()
+            data = json.loads(raw)
             if not isinstance(data, dict):
                 raise TypeError("not an object")
             candidates = data.get("candidates") or []
@@ -296,7 +296,7 @@ class GeminiProvider(HTTPAdapter):
             finish_reason = _finish_reason(candidate.get("finishReason"), bool(tool_calls))
             usage = self._usage(data.get("usageMetadata"), request, text)
         except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
-            raise self._error(f"malformed response from upstream: {response.text[:200]!r}", 502, False) from exc
+            raise self._error(f"malformed response from upstream: {raw[:200]!r}", 502, False) from exc
         return ChatResult(text=text, finish_reason=finish_reason, usage=usage, tool_calls=tool_calls or None)
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
@@ -309,11 +309,10 @@ class GeminiProvider(HTTPAdapter):
         calls = 0
         in_body = False
         try:
-            async with self.client.stream("POST", self.url(request.model, "streamGenerateContent"),
-                                          params={"alt": "sse"}, json=body, headers=self._request_headers(),
-                                          timeout=self.timeout) as response:
-                if response.status_code >= 400:
-                    raise self._http_error(response, await response.aread())
+            async with self._post(self.url(request.model, "streamGenerateContent") + "?alt=sse", body,
+                                  self._request_headers()) as response:
+                if response.status >= 400:
+                    raise self._http_error(response.status, response.headers, await response.read())
                 in_body = True
                 async for payload in _sse_payloads(response):
                     try:
@@ -354,13 +353,11 @@ class GeminiProvider(HTTPAdapter):
                         yield ChatChunk(text=text, tool_calls=tool_calls or None)
                     if candidate.get("finishReason"):
                         finish = candidate["finishReason"]
-        except httpx.TransportError as exc:
+        except TRANSPORT_ERRORS as exc:
             if not in_body:
                 raise self._transport_error(exc) from exc
             if finish is None:
-                if isinstance(exc, httpx.TimeoutException):
-                    raise self._transport_error(exc) from exc
-                raise self._error(f"stream cut: {type(exc).__name__}: {exc}", 502, True) from exc
+                raise self._cut(exc) from exc
         if finish is None:
             raise self._error("stream cut: upstream ended the stream before an event with a finishReason", 502, True)
         yield ChatChunk(finish_reason=_finish_reason(finish, calls > 0), usage=self._usage(usage, request,

@@ -1,4 +1,4 @@
-"""A provider speaking the OpenAI Chat Completions wire format over httpx.
+"""A provider speaking the OpenAI Chat Completions wire format over HTTP (the shared upstream pool).
 
 Works for OpenAI and any OpenAI-compatible server (vLLM, Ollama's /v1, OpenRouter, LiteLLM, ...):
 ``POST {base_url}/chat/completions``, streamed as server-sent events (``data: {...}`` lines ending with
@@ -18,13 +18,11 @@ API keys come from the constructor; the caller reads them from its configuration
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-
-import httpx
+from collections.abc import AsyncIterator, Mapping
 
 from router_ml.serve.providers.base import ChatChunk, ChatRequest, ChatResult, ProviderError, Usage
-from router_ml.serve.providers.wire import (DEFAULT_TIMEOUT, HTTPAdapter, counted_input_tokens, message_text,
-                                             retry_after_seconds)
+from router_ml.serve.providers.wire import (DEFAULT_TIMEOUT, TRANSPORT_ERRORS, HTTPAdapter, Timeouts, UpstreamPool,
+                                             counted_input_tokens, message_text, retry_after_seconds, sse_lines)
 from router_ml.tokens import count_tokens
 
 _OPTIONAL = ("temperature", "top_p", "max_tokens", "stop", "tools", "tool_choice")
@@ -51,14 +49,14 @@ def _error_message(body: bytes) -> str:
 class OpenAICompatProvider(HTTPAdapter):
     """Chat completions against ``base_url`` (e.g. ``https://api.openai.com/v1``, ``http://localhost:8000/v1``).
 
-    ``headers`` are extra headers sent with each request (e.g. OpenRouter's HTTP-Referer); the client
+    ``headers`` are extra headers sent with each request (e.g. OpenRouter's HTTP-Referer); the pool
     handling is :class:`HTTPAdapter`'s.
     """
 
     def __init__(self, base_url: str, api_key: str | None = None, name: str = "openai",
-                 timeout: httpx.Timeout = DEFAULT_TIMEOUT, client: httpx.AsyncClient | None = None,
+                 timeout: Timeouts = DEFAULT_TIMEOUT, pool: UpstreamPool | None = None,
                  headers: dict[str, str] | None = None):
-        super().__init__(base_url, api_key, name, timeout, client)
+        super().__init__(base_url, api_key, name, timeout, pool)
         self.url = self.base_url + "/chat/completions"
         self._headers = dict(headers or {})
 
@@ -79,10 +77,9 @@ class OpenAICompatProvider(HTTPAdapter):
             headers["Authorization"] = f"Bearer {self._api_key}"
         return headers
 
-    def _http_error(self, response: httpx.Response, body: bytes) -> ProviderError:
-        return self._status_error(response.status_code,
-                                  f"upstream HTTP {response.status_code}: {_error_message(body)}",
-                                  retry_after_seconds(response.headers))
+    def _http_error(self, status: int, headers: Mapping[str, str], body: bytes) -> ProviderError:
+        return self._status_error(status, f"upstream HTTP {status}: {_error_message(body)}",
+                                  retry_after_seconds(headers))
 
     def _usage(self, usage: dict | None, request: ChatRequest, text: str) -> Usage:
         """The upstream's usage; when it reports none, o200k_base counts of what was sent and received."""
@@ -92,14 +89,14 @@ class OpenAICompatProvider(HTTPAdapter):
 
     async def complete(self, request: ChatRequest) -> ChatResult:
         try:
-            response = await self.client.post(self.url, json=self._body(request, stream=False),
-                                               headers=self._request_headers(), timeout=self.timeout)
-        except httpx.TransportError as exc:
+            async with self._post(self.url, self._body(request, stream=False), self._request_headers()) as response:
+                raw = await response.read()
+        except TRANSPORT_ERRORS as exc:
             raise self._transport_error(exc) from exc
-        if response.status_code >= 400:
-            raise self._http_error(response, response.content)
+        if response.status >= 400:
+            raise self._http_error(response.status, response.headers, raw)
         try:
-            data = response.json()
+            data = json.loads(raw)
             choice = data["choices"][0]
             message = choice.get("message") or {}
             text = message_text(message.get("content"))
@@ -107,7 +104,7 @@ class OpenAICompatProvider(HTTPAdapter):
             finish_reason = choice.get("finish_reason") or ("tool_calls" if tool_calls else "stop")
             usage = self._usage(data.get("usage"), request, text)
         except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
-            raise self._error(f"malformed response from upstream: {response.text[:200]!r}", 502, False) from exc
+            raise self._error(f"malformed response from upstream: {raw[:200]!r}", 502, False) from exc
         return ChatResult(text=text, finish_reason=finish_reason, usage=usage, tool_calls=tool_calls)
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
@@ -119,12 +116,11 @@ class OpenAICompatProvider(HTTPAdapter):
         texts: list[str] = []
         in_body = False
         try:
-            async with self.client.stream("POST", self.url, json=self._body(request, stream=True),
-                                          headers=self._request_headers(), timeout=self.timeout) as response:
-                if response.status_code >= 400:
-                    raise self._http_error(response, await response.aread())
+            async with self._post(self.url, self._body(request, stream=True), self._request_headers()) as response:
+                if response.status >= 400:
+                    raise self._http_error(response.status, response.headers, await response.read())
                 in_body = True
-                async for line in response.aiter_lines():
+                async for line in sse_lines(response):
                     line = line.strip()
                     if not line.startswith("data:"):
                         continue  # blank separators, ": keep-alive" comments, event:/id: fields
@@ -154,10 +150,8 @@ class OpenAICompatProvider(HTTPAdapter):
                             yield ChatChunk(text=text, tool_calls=tool_calls)
                         if choice.get("finish_reason"):
                             finish_reason = choice["finish_reason"]
-        except httpx.TransportError as exc:
-            if isinstance(exc, httpx.TimeoutException) or not in_body:
-                raise self._transport_error(exc) from exc
-            raise self._error(f"stream cut: {type(exc).__name__}: {exc}", 502, True) from exc
+        except TRANSPORT_ERRORS as exc:
+            raise (self._cut(exc) if in_body else self._transport_error(exc)) from exc
         if not done and finish_reason is None:
             raise self._error("stream cut: upstream ended the stream without [DONE] or a finish_reason", 502, True)
         yield ChatChunk(finish_reason=finish_reason or "stop", usage=self._usage(usage, request, "".join(texts)))
