@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 MIRROR ?= $(wildcard ../shared/datasets)
 MIRROR_ENV := $(if $(MIRROR),ROUTER_ML_DATA_MIRROR=$(abspath $(MIRROR)))
 
-.PHONY: install run data test bench default-bundle clean
+.PHONY: install run data test bench bench-gateway default-bundle clean
 
 install: $(STAMP)
 
@@ -37,6 +37,24 @@ bench: install data/outcomes.parquet
 	$(MIRROR_ENV) $(BIN)/python benchmarks/decision_latency.py && \
 	echo "make bench: $$(( $$(date +%s) - start )) s in all"
 
+# Gateway latency over a loopback 50 ms upstream, next to the LiteLLM proxy (results and PNG in benchmarks/results/).
+# Load generator: wrk (installed with apt-get when missing). LiteLLM: the pinned litellm-bench extra of pyproject.toml,
+# in its own venv (.venv-litellm) so that it never touches .venv.
+LITELLM_VENV := .venv-litellm
+LITELLM_STAMP := $(LITELLM_VENV)/.installed-stamp
+bench-gateway: install $(LITELLM_STAMP)
+	@command -v wrk >/dev/null || { echo "installing wrk (apt-get install -y wrk)"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get install -y wrk || { $$SUDO apt-get update && $$SUDO apt-get install -y wrk; }; }
+	$(BIN)/python benchmarks/gateway_latency.py
+
+$(LITELLM_STAMP): pyproject.toml | $(STAMP)
+	test -x $(LITELLM_VENV)/bin/python || $(PYTHON) -m venv $(LITELLM_VENV)
+	$(LITELLM_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(LITELLM_VENV)/bin/python -m pip install --quiet "$$($(BIN)/python -c 'import tomllib; \
+	  print(*tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["litellm-bench"])')"
+	touch $(LITELLM_STAMP)
+
 data/outcomes.parquet: | $(STAMP)
 	$(MIRROR_ENV) $(BIN)/router-ml datasets prepare
 
@@ -45,4 +63,4 @@ default-bundle: install data/outcomes.parquet
 	$(BIN)/router-ml train --name default --router auto --source routerbench --trials 8
 
 clean:
-	rm -rf $(VENV) data .pytest_cache
+	rm -rf $(VENV) $(LITELLM_VENV) data .pytest_cache

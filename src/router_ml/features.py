@@ -55,7 +55,11 @@ class PromptFeaturizer:
 
     def transform(self, prompts: Sequence[str]) -> np.ndarray:
         prompts = list(prompts)
-        views = self.encode([head_view(p) for p in prompts] + [tail_view(p) for p in prompts])  # one encoder call
+        texts = [head_view(p) for p in prompts] + [tail_view(p) for p in prompts]
+        unique = list(dict.fromkeys(texts))  # a prompt of at most VIEW_CHARS has one view, encoded once
+        vectors = self.encode(unique)  # one encoder call
+        row = {text: i for i, text in enumerate(unique)}
+        views = vectors[[row[t] for t in texts]]
         heads, tails = views[:len(prompts)], views[len(prompts):]
         stats = np.array([surface(p) for p in prompts], dtype=np.float32).reshape(len(prompts), len(SURFACE_FEATURES))
         return np.hstack([heads, tails, stats]).astype(np.float32)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
 
 from router_ml.serve.errors import APIError
 from router_ml.serve.policy import decide
@@ -18,6 +19,7 @@ async def route(body: RouteRequest, request: Request):
         raise APIError(400, "give either prompt or messages", param="prompt")
     prompt = body.prompt if body.prompt is not None else routing_prompt(body.messages)
     try:
-        return decide(request.app.state.bundles.current, prompt, count_tokens(prompt), body.policy)
+        decision = decide(request.app.state.bundles.current, prompt, count_tokens(prompt), body.policy)
     except ValueError as exc:
         raise APIError(400, str(exc), param="policy") from exc
+    return JSONResponse(decision)  # plain JSON types already: skips FastAPI's generic encoder
