@@ -155,6 +155,35 @@ def test_bad_requests_get_a_4xx_naming_the_field(bundle, static_encoder_dir, bod
     assert field in error["message"] or error["param"] == field
 
 
+def test_an_oversized_body_is_413_naming_the_limit(bundle, static_encoder_dir):
+    _, meta, _ = bundle
+    directory, _, _ = bundle
+    app = create_app(directory, {m: HandlerProvider(lambda r: "x") for m in meta["models"]},
+                     encoder=StaticEncoder(static_encoder_dir), max_body_bytes=10_000)
+    client = _client(app)
+    with pytest.raises(openai.APIStatusError) as raised:
+        asyncio.run(client.chat.completions.create(model="router-ml/auto",
+                                                   messages=[{"role": "user", "content": "x" * 20_000}]))
+    assert raised.value.status_code == 413 and "10000 bytes" in raised.value.message
+
+    async def chunked():  # no Content-Length: refused once the body grows past the limit
+        async def body():
+            yield b'{"model": "router-ml/auto", "messages": [{"role": "user", "content": "'
+            for _ in range(20):
+                yield b"x" * 1000
+            yield b'"}]}'
+
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway") as c:
+            return await c.post("/v1/chat/completions", content=body(), headers={"content-type": "application/json"})
+
+    response = asyncio.run(chunked())
+    assert "content-length" not in response.request.headers
+    assert response.status_code == 413 and response.json()["error"]["param"] == "body"
+    ok = asyncio.run(_client(app).chat.completions.create(model="router-ml/auto",
+                                                           messages=[{"role": "user", "content": "x" * 100}]))
+    assert ok.choices[0].message.content == "x"
+
+
 def test_models_health_ready_and_reload(bundle, static_encoder_dir):
     _, meta, _ = bundle
     app = _app(bundle, static_encoder_dir, {m: HandlerProvider(lambda r: "x") for m in meta["models"]})

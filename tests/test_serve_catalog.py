@@ -1,7 +1,7 @@
 """The gateway as `router-ml serve` builds it (build_app from ROUTER_ML_* settings) with a provider catalog: three
 of the bundle's models served by an OpenAI-compatible, an Anthropic and a Gemini upstream (the loopback fakes of
 the provider tests, speaking each real wire format), keys from the environment, one shared connection pool. The
-openai SDK is the client, plain and streamed."""
+openai SDK is the client, plain and streamed; the call log is SQLite, then PostgreSQL."""
 
 from __future__ import annotations
 
@@ -44,9 +44,11 @@ def bundle(mini_files, static_encoder_dir, tmp_path_factory):
     return out, run(config, outcomes, StaticEncoder(static_encoder_dir), out).meta["models"]
 
 
-@pytest.fixture
-def gateway(upstreams, bundle, static_encoder_dir, tmp_path, monkeypatch):
+@pytest.fixture(params=["sqlite", "postgresql"])
+def gateway(request, upstreams, bundle, static_encoder_dir, tmp_path, monkeypatch):
     bundle_dir, models = bundle
+    store_url = (request.getfixturevalue("postgres_url") if request.param == "postgresql"
+                 else f"sqlite:///{tmp_path / 'calls.db'}")
     served = dict(zip(("openai", "anthropic", "gemini"), models[:3]))
     catalog = tmp_path / "providers.toml"
     catalog.write_text(f'''
@@ -70,7 +72,7 @@ upstream_model = "gemini-2.0-flash"
 ''')
     env = {"ROUTER_ML_PROVIDER": "catalog", "ROUTER_ML_PROVIDERS_FILE": str(catalog),
            "ROUTER_ML_BUNDLE": str(bundle_dir), "ROUTER_ML_STATIC_ENCODER": str(static_encoder_dir),
-           "ROUTER_ML_STORE_URL": f"sqlite:///{tmp_path / 'calls.db'}",
+           "ROUTER_ML_STORE_URL": store_url,
            "ROUTER_ML_STORE_JOURNAL": str(tmp_path / "journal"), **KEYS}
     for name, value in env.items():
         monkeypatch.setenv(name, value)
@@ -115,8 +117,11 @@ def test_each_catalog_model_is_answered_by_its_provider_plain_and_streamed(gatew
         logged = dict(conn.execute(sa.select(sa.text("call_id, model FROM calls WHERE status = 'ok'"))).all())
     assert [logged[i] for i in ids] == list(served.values())
     assert len(logged) == 7
+    app.state.store.feedback(ids[1], 0.5)  # the loop back to training, on this store
+    labeled = app.state.store.outcomes()
+    assert labeled.height == 1 and labeled["model"][0] == served["anthropic"] and labeled["quality"][0] == 0.5
 
 
 def test_models_lists_only_what_the_catalog_serves(gateway):
     client, served, _ = gateway
-    assert {m.id for m in client.models.list()} >= set(served.values())
+    assert [m.id for m in client.models.list()] == ["router-ml/auto"] + sorted(served.values())

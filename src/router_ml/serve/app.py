@@ -10,10 +10,16 @@ from router_ml.serve import api_chat, api_feedback, api_meta, api_route, errors
 from router_ml.serve.state import BundleHolder
 
 
-def create_app(bundle_dir: Path, providers: dict, store=None, encoder=None) -> FastAPI:
+MAX_BODY_BYTES = 16 << 20  # a long-context request with images stays well below; beyond: 413
+
+
+def create_app(bundle_dir: Path, providers: dict, store=None, encoder=None,
+               max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
     """An app routing with the bundle in ``bundle_dir``; ``providers`` maps each served model name to the
-    provider that answers for it; ``store`` (optional) receives every call for the call log."""
+    provider that answers for it; ``store`` (optional) receives every call for the call log. A request body
+    over ``max_body_bytes`` is refused with 413 before it is read in full."""
     app = FastAPI(title="router-ml", version="0.1.0")
+    app.add_middleware(errors.BodyLimit, limit=max_body_bytes)
     app.state.bundles = BundleHolder(bundle_dir, encoder=encoder)
     app.state.providers = dict(providers)
     app.state.store = store

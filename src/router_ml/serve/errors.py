@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
 
 from router_ml.serve.providers.base import ProviderError
 
@@ -23,6 +24,42 @@ def error_response(status: int, message: str, param: str | None = None, headers:
     return JSONResponse(body, status_code=status, headers=headers)
 
 
+class BodyLimit:
+    """ASGI middleware: a request body over ``limit`` bytes gets 413 in the OpenAI error shape, from its
+    Content-Length before anything is read, or as soon as a body without one (chunked) grows past it. The
+    body is read here (the app reads all of it anyway) and handed on as it came."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def _refuse(self, scope, receive, send) -> None:
+        message = f"request body: larger than the gateway's limit of {self.limit} bytes"
+        await error_response(413, message, param="body")(scope, receive, send)
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.limit:
+            return await self._refuse(scope, receive, send)
+        messages, received = [], 0
+        while True:
+            message = await receive()
+            messages.append(message)
+            if message["type"] != "http.request":
+                break
+            received += len(message.get("body", b""))
+            if received > self.limit:
+                return await self._refuse(scope, receive, send)
+            if not message.get("more_body"):
+                break
+
+        async def replay():
+            return messages.pop(0) if messages else await receive()
+
+        await self.app(scope, replay, send)
+
+
 def install(app) -> None:
     @app.exception_handler(APIError)
     async def api_error(request: Request, exc: APIError):
@@ -32,6 +69,10 @@ def install(app) -> None:
     async def provider_error(request: Request, exc: ProviderError):
         headers = {"retry-after": str(int(exc.retry_after))} if exc.retry_after else None
         return error_response(exc.status, f"upstream {exc.provider or 'provider'}: {exc.message}", headers=headers)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException):  # unknown paths, wrong methods
+        return error_response(exc.status_code, str(exc.detail), headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):
