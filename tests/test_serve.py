@@ -299,3 +299,50 @@ def test_a_client_that_goes_away_cancels_the_upstream_request(bundle, static_enc
     assert upstream.chunks_sent < 100
     (call,) = log.calls
     assert call["status"] == "error" and call["http_status"] == 499 and "client closed" in call["error"]
+
+
+def test_reload_while_requests_are_in_flight_fails_none(bundle, static_encoder_dir):
+    _, meta, prompts = bundle
+    app = _app(bundle, static_encoder_dir, {m: HandlerProvider(lambda r: "ok") for m in meta["models"]})
+
+    async def go():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
+            chats = [client.post("/v1/chat/completions", json={
+                "model": "router-ml/auto", "messages": [{"role": "user", "content": prompts[i % len(prompts)]}]})
+                for i in range(40)]
+            reloads = [client.post("/admin/reload") for _ in range(4)]
+            return await asyncio.gather(*chats, *reloads)
+
+    answers = asyncio.run(go())
+    assert [r.status_code for r in answers] == [200] * 44
+    assert all(r.json().get("router_ml", {}).get("decision") for r in answers[:40])
+
+
+def test_workers_pick_up_a_bundle_rewritten_on_disk(bundle, mini_files, static_encoder_dir, tmp_path, caplog):
+    import shutil
+
+    from router_ml.serve.state import BundleHolder, watch
+
+    directory, meta, _ = bundle
+    served = tmp_path / "served"
+    shutil.copytree(directory, served)
+    encoder = StaticEncoder(static_encoder_dir)
+    holder = BundleHolder(served, encoder=encoder)
+    outcomes = prepare(mini_files, ImportReport(), encoder=None)
+    config = TrainConfig(name="serve-test-2", router="mean", sources=["routerbench"], min_prompts=50, n_trials=0)
+    retrained = run(config, outcomes, encoder, tmp_path / "retrained").meta["version"]
+    assert retrained != meta["version"] and not holder.changed_on_disk()
+
+    async def watch_for(seconds: float):
+        task = asyncio.create_task(watch(holder, every=0.02))
+        await asyncio.sleep(seconds)
+        task.cancel()
+
+    (served / "predictors.joblib").write_bytes(b"half-written")  # a bundle caught mid-write does not load
+    asyncio.run(watch_for(0.2))
+    assert holder.current.version == meta["version"] and "does not load" in caplog.text
+    for name in ("predictors.joblib", "bundle.json"):
+        shutil.copy(tmp_path / "retrained" / name, served / name)
+    asyncio.run(watch_for(0.5))
+    assert holder.current.version == retrained and not holder.changed_on_disk()

@@ -30,6 +30,8 @@ class Settings(BaseSettings):
     github_raw_base: str = "https://raw.githubusercontent.com"
     bundle: Path = PROJECT_ROOT / "models" / "default"
     """The router bundle the server loads."""
+    bundle_watch_seconds: float = 2.0
+    """How often each server worker looks whether its bundle changed on disk (and then reloads it)."""
     provider: str = "replay"
     """Upstream for served models: 'replay' (recorded answers, offline), 'openai' (one OpenAI-compatible URL)
     or 'catalog' (a provider per model, from providers_file)."""

@@ -30,7 +30,7 @@ MAX_ATTEMPTS = 2
 CLIENT_CLOSED = 499  # logged status of a stream the client abandoned (nginx's convention)
 
 
-def _candidates(body: ChatCompletionRequest, state, prompt: str) -> tuple[list[str], dict | None]:
+def _candidates(body: ChatCompletionRequest, state, bundle, prompt: str) -> tuple[list[str], dict | None]:
     """Models to try in order, and the routing decision when the request was routed."""
     try:
         policy = parse_auto_model(body.model)
@@ -43,7 +43,7 @@ def _candidates(body: ChatCompletionRequest, state, prompt: str) -> tuple[list[s
     if body.router_ml is not None:  # the body's extension field overrides what the model name says
         policy = Policy(**{**policy.model_dump(exclude_none=True), **body.router_ml.model_dump(exclude_none=True)})
     try:
-        decision = decide(state.bundles.current, prompt, count_tokens(prompt), policy)
+        decision = decide(bundle, prompt, count_tokens(prompt), policy)
     except ValueError as exc:
         raise APIError(400, str(exc), param="router_ml") from exc
     chosen = decision["model"]
@@ -119,13 +119,14 @@ async def _in_order(state, base: dict, models: list[str], started: float, attemp
 async def chat_completions(body: ChatCompletionRequest, request: Request):
     state = request.app.state
     prompt = routing_prompt(body.messages)
-    models, decision = _candidates(body, state, prompt)
+    bundle = state.bundles.current  # one bundle for the whole request, whatever a reload does meanwhile
+    models, decision = _candidates(body, state, bundle, prompt)
     if not models:
         raise APIError(503, "no provider serves any model the policy allows")
     call_id = uuid.uuid4().hex
     messages = [m.model_dump(exclude_none=True) for m in body.messages]
     base = {"call_id": call_id, "prompt": prompt, "routed": decision is not None,
-            "bundle_version": state.bundles.current.version, "tenant": None,
+            "bundle_version": bundle.version, "tenant": None,
             "messages": messages}  # JSON-encoded by the call log's writer thread, off the hot path
     started = time.perf_counter()
     if body.stream:

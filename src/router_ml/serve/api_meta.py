@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from fastapi import APIRouter, Request
@@ -34,7 +35,7 @@ async def models(request: Request):
 @router.post("/admin/reload")
 async def reload(request: Request):
     try:
-        bundle = request.app.state.bundles.reload()
+        bundle = await asyncio.to_thread(request.app.state.bundles.reload)  # requests go on meanwhile
     except (OSError, ValueError) as exc:
         raise APIError(500, f"reload failed, still serving the previous bundle: {exc}") from exc
     return {"status": "reloaded", "bundle_version": bundle.version}

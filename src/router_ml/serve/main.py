@@ -12,6 +12,7 @@ that a killed process loses no answered call, and flushed at shutdown.
 
 from __future__ import annotations
 
+import asyncio
 from contextlib import asynccontextmanager
 
 import polars as pl
@@ -54,6 +55,7 @@ def build_app():
     """The app for uvicorn's ``factory=True``: bundle, providers and call log from the settings."""
     from router_ml.bundle import load_bundle
     from router_ml.serve.app import create_app
+    from router_ml.serve.state import watch
     from router_ml.serve.store import CallStore
 
     settings = get_settings()
@@ -64,7 +66,9 @@ def build_app():
 
     @asynccontextmanager
     async def lifespan(app):
+        watcher = asyncio.create_task(watch(app.state.bundles, settings.bundle_watch_seconds))
         yield
+        watcher.cancel()
         await pool.aclose()
         store.close()  # flush every logged call before the process ends
 
