@@ -373,6 +373,9 @@ def serve_command(
     """Serve the OpenAI-compatible gateway: /v1/chat/completions, /v1/route, /v1/models, /healthz, /readyz."""
     import os
 
+    from router_ml.serve.main import use_serving_threads
+
+    use_serving_threads()  # before anything here loads numpy; spawned workers inherit it
     import uvicorn
 
     for name, value in (("BUNDLE", bundle), ("PROVIDER", provider), ("REPLAY_SPEED", replay_speed)):
