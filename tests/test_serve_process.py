@@ -27,12 +27,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _start(tmp, static_encoder_dir, port: int) -> tuple[subprocess.Popen, openai.OpenAI]:
+def _start(tmp, static_encoder_dir, port: int, *args: str) -> tuple[subprocess.Popen, openai.OpenAI]:
     """`router-ml serve` on the bundle, outcomes and call log under ``tmp``; returns once it answers."""
     env = {**os.environ, "ROUTER_ML_BUNDLE": str(tmp / "bundle"), "ROUTER_ML_STATIC_ENCODER": str(static_encoder_dir),
            "ROUTER_ML_OUTCOMES_PATH": str(tmp / "outcomes.parquet"), "ROUTER_ML_REPLAY_SPEED": "0",
            "ROUTER_ML_STORE_URL": f"sqlite:///{tmp / 'calls.db'}", "ROUTER_ML_STORE_JOURNAL": str(tmp / "journal")}
-    process = subprocess.Popen([sys.executable, "-m", "router_ml.cli", "serve", "--port", str(port)], env=env,
+    process = subprocess.Popen([sys.executable, "-m", "router_ml.cli", "serve", "--port", str(port), *args], env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 120
     client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0)
@@ -183,3 +183,26 @@ def test_sigkill_mid_load_loses_no_answered_call(served, static_encoder_dir, tmp
     print(f"SIGKILL mid-load: {len(answered)} answered calls, {len(answered) - len(committed & set(answered))} "
           f"not yet committed at the kill, {store.recovered_rows} recovered from the journal, {len(missing)} missing")
     assert not missing, f"{len(missing)} of {len(answered)} answered calls missing from the log after SIGKILL"
+
+
+def test_two_workers_answer_and_flush_their_logs_on_sigterm(served, static_encoder_dir, tmp_path):
+    import shutil
+
+    source, recorded = served
+    shutil.copytree(source / "bundle", tmp_path / "bundle")
+    shutil.copy(source / "outcomes.parquet", tmp_path / "outcomes.parquet")
+    process, client = _start(tmp_path, static_encoder_dir, _free_port(), "--workers", "2")
+    prompts = recorded["prompt"].unique().to_list()[:30]
+    ids = []
+    for prompt in prompts:  # a new connection per call: the kernel spreads them over both workers' sockets
+        fresh = openai.OpenAI(base_url=str(client.base_url), api_key="unused", max_retries=0)
+        raw = fresh.chat.completions.with_raw_response.create(model="router-ml/auto",
+                                                              messages=[{"role": "user", "content": prompt}])
+        ids.append(raw.headers["x-router-ml-call-id"])
+        fresh.close()
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=60) == 0
+    with sa.create_engine(f"sqlite:///{tmp_path / 'calls.db'}").connect() as connection:
+        logged = {row[0] for row in connection.execute(sa.text("select call_id from calls where status = 'ok'"))}
+    assert not [i for i in ids if i not in logged]
+    assert list((tmp_path / "journal").iterdir()) == []  # both workers closed their journals cleanly

@@ -365,7 +365,8 @@ def serve_command(
                                                         "models/default).")] = None,
     host: str = "127.0.0.1",
     port: int = 8000,
-    workers: Annotated[int, typer.Option(help="uvicorn worker processes.")] = 1,
+    workers: Annotated[int, typer.Option(help="Worker processes (each a uvicorn server with its own socket on the "
+                                                 "port).")] = 1,
     provider: Annotated[Optional[str], typer.Option(help="replay (offline, recorded answers) or openai "
                                                          "(default: $ROUTER_ML_PROVIDER, replay).")] = None,
     replay_speed: Annotated[Optional[float], typer.Option(help="Replay latency multiplier (0: no delay).")] = None,
@@ -395,8 +396,12 @@ def serve_command(
                   "  reply = client.chat.completions.create(model=\"router-ml/auto\", "
                   "messages=[{\"role\": \"user\", \"content\": \"What is 17 * 23?\"}])\n"
                   "  print(reply.model, reply.choices[0].message.content)\n", markup=False)
-    uvicorn.run("router_ml.serve.main:build_app", factory=True, host=host, port=port, workers=workers,
-                log_level="warning")
+    if workers > 1:
+        from router_ml.serve.workers import serve
+
+        serve(host, port, workers)  # one socket per worker (SO_REUSEPORT): connections spread evenly
+    else:
+        uvicorn.run("router_ml.serve.main:build_app", factory=True, host=host, port=port, log_level="warning")
 
 
 def _print_frame(title: str, frame: pl.DataFrame, floats: str = "{:.4g}") -> None:
