@@ -387,15 +387,16 @@ def serve_command(
     if not (settings.static_encoder / "model.safetensors").is_file():
         _encoder("static")  # built once, about 20 s; every worker then loads it
     url = f"http://{host}:{port}"
-    console.print(f"router-ml gateway on {url} (bundle {settings.bundle}, provider {settings.provider})\n")
+    console.print(f"router-ml gateway on {url} (bundle {settings.bundle}, provider {settings.provider})\n",
+                  soft_wrap=True)  # unwrapped, so the examples below paste as they are
     console.print("curl:\n  curl -s " + url + "/v1/chat/completions -H 'content-type: application/json' \\\n"
                   "    -d '{\"model\": \"router-ml/auto\", \"messages\": [{\"role\": \"user\", "
-                  "\"content\": \"What is 17 * 23?\"}]}'\n", markup=False)
+                  "\"content\": \"What is 17 * 23?\"}]}'\n", markup=False, soft_wrap=True)
     console.print("openai SDK:\n  from openai import OpenAI\n"
                   f"  client = OpenAI(base_url=\"{url}/v1\", api_key=\"unused\")\n"
                   "  reply = client.chat.completions.create(model=\"router-ml/auto\", "
                   "messages=[{\"role\": \"user\", \"content\": \"What is 17 * 23?\"}])\n"
-                  "  print(reply.model, reply.choices[0].message.content)\n", markup=False)
+                  "  print(reply.model, reply.choices[0].message.content)\n", markup=False, soft_wrap=True)
     if workers > 1:
         from router_ml.serve.workers import serve
 
