@@ -90,3 +90,26 @@ def postgres_url():
     with admin.begin() as conn:
         conn.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
     admin.dispose()
+
+
+@pytest.fixture
+def redis_url():
+    """(URL, key prefix) on the Redis server of ``.ci/services`` (``ROUTER_ML_TEST_REDIS_URL``); the keys under the
+    prefix are deleted afterwards. Skipped when no server is configured, except in CI, where it fails."""
+    import uuid
+
+    import redis
+
+    url = os.environ.get("ROUTER_ML_TEST_REDIS_URL")
+    if not url:
+        message = "no Redis server (run `eval \"$(.ci/services)\"` to start one)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    prefix = f"test-{uuid.uuid4().hex[:12]}:"
+    yield url, prefix
+    client = redis.Redis.from_url(url)
+    keys = list(client.scan_iter(match=prefix + "*"))
+    if keys:
+        client.delete(*keys)
+    client.close()
