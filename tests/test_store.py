@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import polars as pl
@@ -333,3 +333,15 @@ def test_a_live_process_segment_is_not_replayed_and_replay_is_idempotent(url, tm
     finally:
         live.close()
     assert list(journal.iterdir()) == []
+
+
+def test_spend_sums_a_tenants_costs_since_a_time_failed_calls_included(store):
+    start = datetime(2026, 11, 1, tzinfo=UTC)
+    rows = [call_row(i, ts=start + timedelta(hours=i)) for i in range(6)]  # tenants 0, 1, 2, 0, 1, 2
+    for row in rows:
+        store.record(row)
+    store.record(error_row(0, ts=start + timedelta(hours=7), cost_usd=0.002, tenant="tenant-0"))  # a paid 499
+    tenant0 = [r["cost_usd"] for r in rows if r["tenant"] == "tenant-0"]
+    assert store.spend("tenant-0", start) == pytest.approx(sum(tenant0) + 0.002)
+    assert store.spend("tenant-0", start + timedelta(hours=1)) == pytest.approx(tenant0[1] + 0.002)
+    assert store.spend("nobody", start) == 0.0

@@ -494,6 +494,15 @@ class CallStore:
         assert updated is not None
         return updated
 
+    def spend(self, tenant: str, since: datetime) -> float:
+        """USD the tenant's calls cost since ``since`` (failed calls too: an abandoned stream was paid for),
+        including calls still queued; what seeds a budget period after a restart."""
+        self.flush()
+        query = sa.select(sa.func.coalesce(sa.func.sum(calls.c.cost_usd), 0.0)).where(
+            calls.c.tenant == tenant, calls.c.ts >= _utc(since))
+        with self.engine.connect() as conn:
+            return float(conn.execute(query).scalar_one())
+
     def outcomes(self, with_feedback_only: bool = True) -> pl.DataFrame:
         """The 'ok' calls as an outcomes table (conformed to :data:`router_ml.data.schema.SCHEMA`).
 
