@@ -1,0 +1,77 @@
+"""Admission of a tenant's call: its rate limits, then its budget, before anything is sent upstream.
+
+The budget reservation is what the call may cost at most: its counted input tokens at the input
+price plus ``max_tokens`` (or :data:`DEFAULT_OUTPUT_TOKENS` when the request sets none) at the output
+price, of the dearest model the call may fall back to. A tenant over budget is refused, or, when its
+settings say ``degrade_before_deny``, served by the best model whose reservation still fits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from router_ml.pricing import UnknownModelError, cost_usd
+from router_ml.serve.limits import BudgetExceeded, Reservation
+
+DEFAULT_OUTPUT_TOKENS = 1024
+
+
+def max_cost_usd(model: str, input_tokens: int, max_tokens: int | None) -> float:
+    """The most one call to ``model`` can cost; 0 for a model without a price (self-hosted)."""
+    try:
+        return cost_usd(model, input_tokens, max_tokens or DEFAULT_OUTPUT_TOKENS)
+    except UnknownModelError:
+        return 0.0
+
+
+class RateLimited(Exception):
+    def __init__(self, message: str, retry_after: float):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class OverBudget(Exception):
+    pass
+
+
+@dataclass
+class Admission:
+    models: list[str]
+    reservation: Reservation | None = None
+    degraded_from: list[str] = field(default_factory=list)
+
+
+def check_rates(limits, tenant, input_tokens: int, max_tokens: int | None) -> None:
+    """Take one request and the call's tokens from the tenant's buckets; RateLimited says how long to wait."""
+    if tenant.rpm:
+        wait = limits.take(f"rpm:{tenant.name}", tenant.rpm)
+        if wait is not None:
+            raise RateLimited(f"tenant {tenant.name!r} is over its {tenant.rpm} requests per minute", wait)
+    if tenant.tpm:
+        tokens = input_tokens + (max_tokens or DEFAULT_OUTPUT_TOKENS)
+        wait = limits.take(f"tpm:{tenant.name}", tenant.tpm, amount=tokens)
+        if wait is not None:
+            raise RateLimited(f"tenant {tenant.name!r} is over its {tenant.tpm} tokens per minute "
+                              f"(this call counts {tokens}: input plus max_tokens)", wait)
+
+
+def admit(limits, tenant, models: list[str], fallbacks: list[str], input_tokens: int,
+          max_tokens: int | None) -> Admission:
+    """Reserve the budget for trying ``models`` in order. Over budget: OverBudget, or with
+    ``degrade_before_deny`` the first of ``fallbacks`` (best first) whose own reservation fits."""
+    budgets = {"day": tenant.budget_usd_day, "month": tenant.budget_usd_month}
+    if budgets["day"] is None and budgets["month"] is None:
+        return Admission(models)
+    need = max(max_cost_usd(m, input_tokens, max_tokens) for m in models)
+    try:
+        return Admission(models, limits.reserve(tenant.name, need, budgets))
+    except BudgetExceeded as exc:
+        refusal = exc
+    if tenant.degrade_before_deny:
+        for model in fallbacks:
+            try:
+                reservation = limits.reserve(tenant.name, max_cost_usd(model, input_tokens, max_tokens), budgets)
+            except BudgetExceeded:
+                continue
+            return Admission([model], reservation, degraded_from=list(models))
+    raise OverBudget(str(refusal)) from refusal
