@@ -194,7 +194,7 @@ def run_wrk(url: str, model: str, connections: int, seconds: float, key: str | N
     raw = json.loads(line[len("WRK_JSON "):])
     lat = raw["latency_us"]
     seconds_run = raw["duration_us"] / 1e6
-    shown = [("$LITELLM_MASTER_KEY" if key and part == key else part) for part in cmd]
+    shown = [("$API_KEY" if key and part == key else part) for part in cmd]
     shown[shown.index(str(LUA))] = str(LUA.relative_to(ROOT))
     return {"connections": connections, "duration_s": round(seconds_run, 3), "requests": raw["requests"],
             "throughput_rps": raw["requests"] / seconds_run,
@@ -248,10 +248,17 @@ def start_stub(tmp: Path) -> tuple[Server, str]:
     return stub, f"http://127.0.0.1:{port}"
 
 
-def start_gateway(workers: int, upstream: str, tmp: Path) -> tuple[Server, str, dict]:
+def start_gateway(workers: int, upstream: str, tmp: Path) -> tuple[Server, str, dict, str]:
+    """The gateway on a fresh call log, with a tenant 'bench' and its API key (the served gateway requires one)."""
+    from router_ml.serve.tenants import TenantStore
+
     port = _port()
     state = tmp / f"gateway-w{workers}"
     state.mkdir()
+    tenants = TenantStore(f"sqlite:///{state / 'calls.db'}")
+    tenants.create_tenant("bench")
+    key = tenants.issue_key("bench")
+    tenants.close()
     env_set = {"ROUTER_ML_PROVIDER": "openai", "ROUTER_ML_UPSTREAM_BASE_URL": f"{upstream}/v1",
                "ROUTER_ML_STORE_URL": f"sqlite:///{state / 'calls.db'}",
                "ROUTER_ML_STORE_JOURNAL": str(state / "journal")}
@@ -261,7 +268,7 @@ def start_gateway(workers: int, upstream: str, tmp: Path) -> tuple[Server, str, 
                     f"http://127.0.0.1:{port}/readyz")
     shown = " ".join(f"{k}={v}" for k, v in env_set.items()) + " " + shlex.join(
         [".venv/bin/python", "-m", "router_ml.cli"] + cmd[3:])
-    return server, f"http://127.0.0.1:{port}/v1/chat/completions", {"command": shown, "env": env_set}
+    return server, f"http://127.0.0.1:{port}/v1/chat/completions", {"command": shown, "env": env_set}, key
 
 
 def litellm_python() -> Path | None:
@@ -476,8 +483,8 @@ def main() -> int:
         plans = [("gateway", w) for w in workers] + ([] if args.no_litellm else [("litellm", 1)])
         for kind, n in plans:
             if kind == "gateway":
-                server, url, info = start_gateway(n, upstream, tmp)
-                label, model, key = f"router-ml w{n}", "router-ml/auto", None
+                server, url, info, key = start_gateway(n, upstream, tmp)
+                label, model = f"router-ml w{n}", "router-ml/auto"
             else:
                 server, url, info, key = start_litellm(upstream, tmp)
                 label, model = f"LiteLLM {report['versions']['litellm_venv']['litellm']} w1", DIRECT_MODEL

@@ -102,7 +102,7 @@ def main() -> int:
         return 2
     tmp = Path(tempfile.mkdtemp(prefix="gateway-profile-"))
     stub, upstream = start_stub(tmp)
-    gateway, url, info = start_gateway(1, upstream, tmp)
+    gateway, url, info, key = start_gateway(1, upstream, tmp)
     report = {"benchmark": "gateway_profile", "workers": 1, "gateway_command": info["command"],
               "versions": _versions(), "runs": []}
     try:
@@ -110,7 +110,7 @@ def main() -> int:
         pid = gateway.process.pid  # workers=1: uvicorn serves in this process
         for connections in [int(c) for c in args.connections.split(",")]:
             wait_quiet(args.quiet_wait)
-            run_wrk(url, "router-ml/auto", connections, 3)
+            run_wrk(url, "router-ml/auto", connections, 3, key)
             raw = (args.raw_dir or tmp) / f"gateway_profile_c{connections}.txt"
             raw.parent.mkdir(parents=True, exist_ok=True)
             wrk = subprocess.Popen(["wrk", "-t1", f"-c{connections}", f"-d{args.seconds + 6:g}s", "--timeout", "10s",

@@ -20,6 +20,7 @@ from router_ml.data.prepare import prepare
 from router_ml.data.report import ImportReport
 from router_ml.embed import StaticEncoder
 from router_ml.serve.main import build_app
+from router_ml.serve.tenants import TenantStore
 from router_ml.train import TrainConfig, run
 
 ANSWER = "".join(openai_fake.ANSWER)
@@ -77,12 +78,17 @@ upstream_model = "gemini-2.0-flash"
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     get_settings.cache_clear()
+    tenants = TenantStore(store_url)  # the served gateway needs a tenant's key
+    tenants.create_tenant("catalog-test")
+    key = tenants.issue_key("catalog-test")
+    tenants.close()
     app = build_app()
     try:
         with serve(app) as url:
-            yield openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0), served, app
+            yield openai.OpenAI(base_url=url + "/v1", api_key=key, max_retries=0), served, app
     finally:
         app.state.store.close()
+        app.state.tenants.close()
         get_settings.cache_clear()
 
 

@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from router_ml.data.prepare import prepare
 from router_ml.data.report import ImportReport
 from router_ml.embed import StaticEncoder
+from router_ml.serve.tenants import TenantStore
 from router_ml.train import TrainConfig, run
 
 
@@ -27,15 +28,27 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _key(store_url: str) -> str:
+    """A new API key of tenant 'test' on ``store_url`` (created on first use): the served gateway requires one."""
+    tenants = TenantStore(store_url)
+    if tenants.get_tenant("test") is None:
+        tenants.create_tenant("test")
+    key = tenants.issue_key("test")
+    tenants.close()
+    return key
+
+
 def _start(tmp, static_encoder_dir, port: int, *args: str) -> tuple[subprocess.Popen, openai.OpenAI]:
-    """`router-ml serve` on the bundle, outcomes and call log under ``tmp``; returns once it answers."""
+    """`router-ml serve` on the bundle, outcomes and call log under ``tmp``, with a tenant's key; returns once it
+    answers."""
+    key = _key(f"sqlite:///{tmp / 'calls.db'}")
     env = {**os.environ, "ROUTER_ML_BUNDLE": str(tmp / "bundle"), "ROUTER_ML_STATIC_ENCODER": str(static_encoder_dir),
            "ROUTER_ML_OUTCOMES_PATH": str(tmp / "outcomes.parquet"), "ROUTER_ML_REPLAY_SPEED": "0",
            "ROUTER_ML_STORE_URL": f"sqlite:///{tmp / 'calls.db'}", "ROUTER_ML_STORE_JOURNAL": str(tmp / "journal")}
     process = subprocess.Popen([sys.executable, "-m", "router_ml.cli", "serve", "--port", str(port), *args], env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 120
-    client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0)
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key, max_retries=0)
     while True:
         try:
             client.models.list()
@@ -151,7 +164,7 @@ def test_sigkill_mid_load_loses_no_answered_call(served, static_encoder_dir, tmp
     stop = threading.Event()
 
     def load(k: int) -> None:
-        own = openai.OpenAI(base_url=str(client.base_url), api_key="unused", max_retries=0, timeout=10)
+        own = openai.OpenAI(base_url=str(client.base_url), api_key=client.api_key, max_retries=0, timeout=10)
         i = k
         while not stop.is_set():
             try:
@@ -195,7 +208,7 @@ def test_two_workers_answer_and_flush_their_logs_on_sigterm(served, static_encod
     prompts = recorded["prompt"].unique().to_list()[:30]
     ids = []
     for prompt in prompts:  # a new connection per call: the kernel spreads them over both workers' sockets
-        fresh = openai.OpenAI(base_url=str(client.base_url), api_key="unused", max_retries=0)
+        fresh = openai.OpenAI(base_url=str(client.base_url), api_key=client.api_key, max_retries=0)
         raw = fresh.chat.completions.with_raw_response.create(model="router-ml/auto",
                                                               messages=[{"role": "user", "content": prompt}])
         ids.append(raw.headers["x-router-ml-call-id"])

@@ -20,7 +20,11 @@ datasets_app = typer.Typer(help="Fetch the pinned public datasets and build the 
 app.add_typer(datasets_app, name="datasets")
 encoders_app = typer.Typer(help="Prompt encoders.", no_args_is_help=True)
 app.add_typer(encoders_app, name="encoders")
+tenants_app = typer.Typer(help="Tenants of the gateway and their API keys (in the call log's database).",
+                          no_args_is_help=True)
+app.add_typer(tenants_app, name="tenants")
 console = Console()
+DEMO_TENANT = "demo"
 
 MirrorOption = Annotated[
     Optional[Path],
@@ -389,11 +393,14 @@ def serve_command(
     url = f"http://{host}:{port}"
     console.print(f"router-ml gateway on {url} (bundle {settings.bundle}, provider {settings.provider})\n",
                   soft_wrap=True)  # unwrapped, so the examples below paste as they are
+    key = _first_start_key(settings.store_url)
+    shown, sdk_key = (key, f'"{key}"') if key else ("$ROUTER_ML_KEY", 'os.environ["ROUTER_ML_KEY"]')
     console.print("curl:\n  curl -s " + url + "/v1/chat/completions -H 'content-type: application/json' \\\n"
+                  f"    -H \"Authorization: Bearer {shown}\" \\\n"
                   "    -d '{\"model\": \"router-ml/auto\", \"messages\": [{\"role\": \"user\", "
                   "\"content\": \"What is 17 * 23?\"}]}'\n", markup=False, soft_wrap=True)
-    console.print("openai SDK:\n  from openai import OpenAI\n"
-                  f"  client = OpenAI(base_url=\"{url}/v1\", api_key=\"unused\")\n"
+    console.print("openai SDK:\n" + ("" if key else "  import os\n") + "  from openai import OpenAI\n"
+                  f"  client = OpenAI(base_url=\"{url}/v1\", api_key={sdk_key})\n"
                   "  reply = client.chat.completions.create(model=\"router-ml/auto\", "
                   "messages=[{\"role\": \"user\", \"content\": \"What is 17 * 23?\"}])\n"
                   "  print(reply.model, reply.choices[0].message.content)\n", markup=False, soft_wrap=True)
@@ -403,6 +410,148 @@ def serve_command(
         serve(host, port, workers)  # one socket per worker (SO_REUSEPORT): connections spread evenly
     else:
         uvicorn.run("router_ml.serve.main:build_app", factory=True, host=host, port=port, log_level="warning")
+
+
+def _first_start_key(store_url: str) -> str | None:
+    """On the first start with the embedded (SQLite) store, a tenant 'demo' and its key, printed here once, so
+    that nobody is locked out; later starts say how to get a key. A shared database (PostgreSQL) gets no demo
+    tenant: its operator creates tenants with `router-ml tenants create`."""
+    from router_ml.serve.tenants import TenantStore
+
+    store = TenantStore(store_url)
+    try:
+        if not store.list_tenants() and store_url.startswith("sqlite"):
+            store.create_tenant(DEMO_TENANT)
+            key = store.issue_key(DEMO_TENANT)
+            console.print(f"first start: created tenant {DEMO_TENANT!r} with the API key below, shown this once "
+                          "(only its hash is stored):\n  " + key + "\n", markup=False, soft_wrap=True)
+            return key
+        if store.get_tenant(DEMO_TENANT) is not None:
+            console.print(f"every call needs an API key: `router-ml tenants issue-key {DEMO_TENANT}` prints a new "
+                          "one; use it as $ROUTER_ML_KEY below\n", markup=False, soft_wrap=True)
+        else:
+            console.print("every call needs an API key: `router-ml tenants create NAME` then "
+                          "`router-ml tenants issue-key NAME`; use it as $ROUTER_ML_KEY below\n",
+                          markup=False, soft_wrap=True)
+        return None
+    finally:
+        store.close()
+
+
+StoreUrlOption = Annotated[Optional[str], typer.Option(help="Database of tenants and the call log (SQLAlchemy "
+                                                             "URL; default: $ROUTER_ML_STORE_URL).")]
+
+
+@contextmanager
+def _tenant_store(store_url: str | None):
+    """The TenantStore on ``store_url`` (default: the settings'), closed afterwards; an unknown tenant or key
+    ends the command with its message."""
+    from router_ml.serve.tenants import TenantStore
+
+    store = TenantStore(store_url or get_settings().store_url)
+    try:
+        yield store
+    except KeyError as exc:
+        raise ValueError(exc.args[0]) from exc
+    finally:
+        store.close()
+
+
+def _tenant_settings(budget_day, budget_month, rpm, tpm, models, degrade_before_deny, reference_model) -> dict:
+    """The settings given on the command line (None: not given). ``--models '*'`` allows every model again."""
+    given = {"budget_usd_day": budget_day, "budget_usd_month": budget_month, "rpm": rpm, "tpm": tpm,
+             "degrade_before_deny": degrade_before_deny, "reference_model": reference_model}
+    settings = {k: v for k, v in given.items() if v is not None}
+    if models is not None:
+        settings["allowed_models"] = None if models.strip() == "*" else [m.strip() for m in models.split(",")
+                                                                          if m.strip()]
+    return settings
+
+
+def _policy(quality, lam, max_cost) -> dict:
+    return {k: v for k, v in {"quality": quality, "lam": lam, "max_cost": max_cost}.items() if v is not None}
+
+
+def _print_tenant(tenant) -> None:
+    console.print_json(data=tenant.as_dict())
+
+
+BudgetDay = Annotated[Optional[float], typer.Option("--budget-day", help="USD per day (UTC).")]
+BudgetMonth = Annotated[Optional[float], typer.Option("--budget-month", help="USD per calendar month (UTC).")]
+Rpm = Annotated[Optional[int], typer.Option("--rpm", help="Requests per minute.")]
+Tpm = Annotated[Optional[int], typer.Option("--tpm", help="Tokens per minute.")]
+Models = Annotated[Optional[str], typer.Option("--models", help="Allowed models, comma-separated ('*': all).")]
+Quality = Annotated[Optional[float], typer.Option("--quality", help="Default policy: share of the best quality "
+                                                                    "to keep (router-ml/auto).")]
+Lam = Annotated[Optional[float], typer.Option("--lam", help="Default policy: cost weight lambda.")]
+MaxCost = Annotated[Optional[float], typer.Option("--max-cost", help="Default policy: USD per call at most.")]
+Degrade = Annotated[Optional[bool], typer.Option("--degrade-before-deny/--deny-at-budget",
+                                                 help="Near the budget, route to cheaper models before refusing.")]
+Reference = Annotated[Optional[str], typer.Option("--reference-model", help="The model savings are measured "
+                                                                            "against.")]
+
+
+@tenants_app.command("create")
+@_clear_errors
+def tenants_create(name: str, budget_day: BudgetDay = None, budget_month: BudgetMonth = None, rpm: Rpm = None,
+                   tpm: Tpm = None, models: Models = None, quality: Quality = None, lam: Lam = None,
+                   max_cost: MaxCost = None, degrade_before_deny: Degrade = None, reference_model: Reference = None,
+                   store_url: StoreUrlOption = None) -> None:
+    """Create a tenant (then give it a key with `tenants issue-key`)."""
+    settings = _tenant_settings(budget_day, budget_month, rpm, tpm, models, degrade_before_deny, reference_model)
+    with _tenant_store(store_url) as store:
+        _print_tenant(store.create_tenant(name, policy=_policy(quality, lam, max_cost), **settings))
+
+
+@tenants_app.command("list")
+def tenants_list(store_url: StoreUrlOption = None) -> None:
+    """Every tenant with its settings and the prefixes of its active keys."""
+    table = Table(title_justify="left")
+    for column in ("name", "models", "policy", "budget/day", "budget/month", "rpm", "tpm", "active keys"):
+        table.add_column(column)
+    with _tenant_store(store_url) as store:
+        for t in store.list_tenants():
+            active = [k["prefix"] for k in store.list_keys(t.name) if k["revoked_at"] is None]
+            limits = (t.budget_usd_day, t.budget_usd_month, t.rpm, t.tpm)
+            table.add_row(t.name, ", ".join(t.allowed_models) if t.allowed_models is not None else "all",
+                          str(t.policy.model_dump(exclude_none=True) or "-"),
+                          *(str(v) if v is not None else "-" for v in limits), ", ".join(active) or "-")
+    console.print(table)
+
+
+@tenants_app.command("set")
+@_clear_errors
+def tenants_set(name: str, budget_day: BudgetDay = None, budget_month: BudgetMonth = None, rpm: Rpm = None,
+                tpm: Tpm = None, models: Models = None, quality: Quality = None, lam: Lam = None,
+                max_cost: MaxCost = None, degrade_before_deny: Degrade = None, reference_model: Reference = None,
+                store_url: StoreUrlOption = None) -> None:
+    """Change a tenant's settings; those not given stay (policy fields given are merged into its policy)."""
+    changes = _tenant_settings(budget_day, budget_month, rpm, tpm, models, degrade_before_deny, reference_model)
+    policy = _policy(quality, lam, max_cost)
+    with _tenant_store(store_url) as store:
+        if policy:
+            changes["policy"] = {**store.require(name).policy.model_dump(exclude_none=True), **policy}
+        _print_tenant(store.update_tenant(name, **changes))
+
+
+@tenants_app.command("issue-key")
+@_clear_errors
+def tenants_issue_key(name: str, store_url: StoreUrlOption = None) -> None:
+    """Issue an API key for the tenant, printed this once (only its hash is stored)."""
+    with _tenant_store(store_url) as store:
+        key = store.issue_key(name)
+    console.print(f"API key of tenant {name!r} (shown this once; only its hash is stored):", soft_wrap=True)
+    console.print(key, markup=False, soft_wrap=True)
+
+
+@tenants_app.command("revoke-key")
+@_clear_errors
+def tenants_revoke_key(name: str, prefix: str, store_url: StoreUrlOption = None) -> None:
+    """Revoke the tenant's key starting with PREFIX (its first 8 characters, as `tenants list` shows them);
+    running gateways refuse it within 5 s."""
+    with _tenant_store(store_url) as store:
+        store.revoke_key(name, prefix)
+    console.print(f"revoked the key {prefix[:8]}... of tenant {name!r}", markup=False)
 
 
 def _print_frame(title: str, frame: pl.DataFrame, floats: str = "{:.4g}") -> None:

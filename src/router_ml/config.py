@@ -45,6 +45,8 @@ class Settings(BaseSettings):
     """Call log database (SQLAlchemy URL): SQLite by default, PostgreSQL to scale out."""
     store_journal: Path | None = PROJECT_ROOT / "data" / "call-journal"
     """Local journal of logged calls not yet committed, replayed after a crash (see serve/store.py); one per host."""
+    admin_key: str | None = None
+    """Key of the gateway's /admin/* endpoints (sent as 'Authorization: Bearer'); unset: they answer 403."""
     mlflow_uri: str = f"sqlite:///{PROJECT_ROOT / 'mlruns' / 'mlflow.db'}"
     """MLflow tracking store: a local SQLite file by default."""
     mlflow_artifacts: Path = PROJECT_ROOT / "mlruns" / "artifacts"

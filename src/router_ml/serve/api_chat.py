@@ -18,6 +18,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from router_ml.pricing import UnknownModelError, cost_usd
+from router_ml.serve.auth import Caller, check_model, effective_policy
 from router_ml.serve.errors import APIError
 from router_ml.serve.policy import Policy, decide, parse_auto_model
 from router_ml.serve.providers.base import ChatRequest, ProviderError, Usage
@@ -30,18 +31,21 @@ MAX_ATTEMPTS = 2
 CLIENT_CLOSED = 499  # logged status of a stream the client abandoned (nginx's convention)
 
 
-def _candidates(body: ChatCompletionRequest, state, bundle, prompt: str) -> tuple[list[str], dict | None]:
-    """Models to try in order, and the routing decision when the request was routed."""
+def _candidates(body: ChatCompletionRequest, state, bundle, prompt: str, tenant) -> tuple[list[str], dict | None]:
+    """Models to try in order, and the routing decision when the request was routed (under the tenant's
+    default policy and allowed models)."""
     try:
         policy = parse_auto_model(body.model)
     except ValueError as exc:
         raise APIError(400, str(exc), param="model") from exc
     if policy is None:
+        check_model(tenant, body.model)
         if body.model not in state.providers:
             raise APIError(404, f"model {body.model!r} is not served here; GET /v1/models lists them", param="model")
         return [body.model], None
     if body.router_ml is not None:  # the body's extension field overrides what the model name says
         policy = Policy(**{**policy.model_dump(exclude_none=True), **body.router_ml.model_dump(exclude_none=True)})
+    policy = effective_policy(tenant, policy, bundle.models)
     try:
         decision = decide(bundle, prompt, count_tokens(prompt), policy)
     except ValueError as exc:
@@ -116,17 +120,17 @@ async def _in_order(state, base: dict, models: list[str], started: float, attemp
 
 
 @router.post("/v1/chat/completions")
-async def chat_completions(body: ChatCompletionRequest, request: Request):
+async def chat_completions(body: ChatCompletionRequest, request: Request, tenant: Caller):
     state = request.app.state
     prompt = routing_prompt(body.messages)
     bundle = state.bundles.current  # one bundle for the whole request, whatever a reload does meanwhile
-    models, decision = _candidates(body, state, bundle, prompt)
+    models, decision = _candidates(body, state, bundle, prompt, tenant)
     if not models:
         raise APIError(503, "no provider serves any model the policy allows")
     call_id = uuid.uuid4().hex
     messages = [m.model_dump(exclude_none=True) for m in body.messages]
     base = {"call_id": call_id, "prompt": prompt, "routed": decision is not None,
-            "bundle_version": bundle.version, "tenant": None,
+            "bundle_version": bundle.version, "tenant": tenant.name if tenant is not None else None,
             "messages": messages}  # JSON-encoded by the call log's writer thread, off the hot path
     started = time.perf_counter()
     if body.stream:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field, model_validator
 
+from router_ml.serve.auth import Caller
 from router_ml.serve.errors import APIError
 
 router = APIRouter()
@@ -23,15 +24,27 @@ class Feedback(BaseModel):
 
 
 @router.post("/v1/feedback")
-async def feedback(body: Feedback, request: Request):
+async def feedback(body: Feedback, request: Request, tenant: Caller):
     store = request.app.state.store
     if store is None:
         raise APIError(503, "this server keeps no call log, so it takes no feedback")
+    unknown = APIError(404, f"no logged call with call_id {body.call_id!r}", param="call_id")
+    if tenant is not None and _tenant_of(store, body.call_id) != tenant.name:
+        raise unknown  # another tenant's call looks like no call at all
     quality = body.quality if body.quality is not None else float(body.thumbs == "up")
     try:
         row = store.feedback(body.call_id, quality)
     except KeyError as exc:
-        raise APIError(404, f"no logged call with call_id {body.call_id!r}", param="call_id") from exc
+        raise unknown from exc
     except ValueError as exc:
         raise APIError(400, str(exc), param="call_id") from exc
     return {"call_id": body.call_id, "quality": row["quality"], "model": row["model"]}
+
+
+def _tenant_of(store, call_id: str) -> str | None:
+    """The tenant of a logged call (None when unknown); a call still queued is flushed first."""
+    row = store.get(call_id)
+    if row is None:
+        store.flush()
+        row = store.get(call_id)
+    return None if row is None else row["tenant"]

@@ -1,13 +1,12 @@
-"""Health, readiness, the model list and the admin reload."""
+"""Health, readiness (both open) and the model list (the caller's allowed models)."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 from fastapi import APIRouter, Request
 
-from router_ml.serve.errors import APIError
+from router_ml.serve.auth import Caller
 from router_ml.serve.policy import AUTO
 
 router = APIRouter()
@@ -25,17 +24,9 @@ async def readyz(request: Request):
 
 
 @router.get("/v1/models")
-async def models(request: Request):
+async def models(request: Request, tenant: Caller):
     created = int(time.time())
-    names = [AUTO] + sorted(request.app.state.providers)
+    served = request.app.state.providers
+    names = [AUTO] + sorted(m for m in served if tenant is None or tenant.allows(m))
     return {"object": "list", "data": [{"id": n, "object": "model", "created": created, "owned_by": "router-ml"}
                                        for n in names]}
-
-
-@router.post("/admin/reload")
-async def reload(request: Request):
-    try:
-        bundle = await asyncio.to_thread(request.app.state.bundles.reload)  # requests go on meanwhile
-    except (OSError, ValueError) as exc:
-        raise APIError(500, f"reload failed, still serving the previous bundle: {exc}") from exc
-    return {"status": "reloaded", "bundle_version": bundle.version}

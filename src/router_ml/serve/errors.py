@@ -9,7 +9,7 @@ from starlette.exceptions import HTTPException
 
 from router_ml.serve.providers.base import ProviderError
 
-_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
+_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error", 404: "not_found_error",
           413: "invalid_request_error", 429: "rate_limit_error"}
 
 

@@ -7,7 +7,9 @@ also reaches OpenRouter (``https://openrouter.ai/api/v1``), vLLM or Ollama; ``ca
 provider serves each model from ``ROUTER_ML_PROVIDERS_FILE`` (:mod:`router_ml.serve.catalog`).
 Every model is served through its own retry and circuit-breaker wrapper. The call log goes to ``ROUTER_ML_STORE_URL``
 (SQLite under data/ by default; a PostgreSQL URL scales out), journaled in ``ROUTER_ML_STORE_JOURNAL`` so
-that a killed process loses no answered call, and flushed at shutdown.
+that a killed process loses no answered call, and flushed at shutdown. Tenants and API keys live in the same
+database (:mod:`router_ml.serve.tenants`): the served gateway always requires a key, and ``/admin/*`` the admin
+key (``ROUTER_ML_ADMIN_KEY``).
 
 A server decides for one prompt at a time, where thread pools cost more than they give: BLAS and the
 tokenizer run single-threaded here unless the environment says otherwise (set at import, before numpy
@@ -73,12 +75,15 @@ def build_app():
     from router_ml.serve.app import create_app
     from router_ml.serve.state import watch
     from router_ml.serve.store import CallStore
+    from router_ml.serve.tenants import TenantStore
 
     settings = get_settings()
     models = load_bundle(settings.bundle).models
     store = CallStore(settings.store_url, journal_dir=settings.store_journal)
+    tenants = TenantStore(settings.store_url)
     pool = UpstreamPool()
-    app = create_app(settings.bundle, providers_for(models, settings, pool), store=store)
+    app = create_app(settings.bundle, providers_for(models, settings, pool), store=store, tenants=tenants,
+                     admin_key=settings.admin_key)
 
     @asynccontextmanager
     async def lifespan(app):
@@ -87,6 +92,7 @@ def build_app():
         watcher.cancel()
         await pool.aclose()
         store.close()  # flush every logged call before the process ends
+        tenants.close()
 
     app.router.lifespan_context = lifespan
     return app
