@@ -407,6 +407,9 @@ def serve_command(
     if workers > 1:
         from router_ml.serve.workers import serve
 
+        if not settings.redis_url:
+            console.print(f"[yellow]note:[/yellow] without ROUTER_ML_REDIS_URL each of the {workers} workers counts "
+                          "budgets and rate limits alone: a tenant may spend up to its budget once per worker")
         serve(host, port, workers)  # one socket per worker (SO_REUSEPORT): connections spread evenly
     else:
         uvicorn.run("router_ml.serve.main:build_app", factory=True, host=host, port=port, log_level="warning")

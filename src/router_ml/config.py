@@ -43,6 +43,8 @@ class Settings(BaseSettings):
     upstream_api_key: str | None = None
     store_url: str = f"sqlite:///{PROJECT_ROOT / 'data' / 'calls.db'}"
     """Call log database (SQLAlchemy URL): SQLite by default, PostgreSQL to scale out."""
+    redis_url: str | None = None
+    """Redis for budgets and rate limits shared by every worker and replica; unset: each process counts alone."""
     store_journal: Path | None = PROJECT_ROOT / "data" / "call-journal"
     """Local journal of logged calls not yet committed, replayed after a crash (see serve/store.py); one per host."""
     admin_key: str | None = None

@@ -23,6 +23,7 @@ from router_ml.serve.errors import APIError
 from router_ml.serve.policy import Policy, decide, parse_auto_model
 from router_ml.serve.providers.base import ChatRequest, ProviderError, Usage
 from router_ml.serve.schemas import ChatCompletionRequest, routing_prompt
+from router_ml.serve.spending import Admission, OverBudget, RateLimited, admit, check_rates
 from router_ml.tokens import count_tokens
 
 router = APIRouter()
@@ -127,6 +128,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, tenant
     models, decision = _candidates(body, state, bundle, prompt, tenant)
     if not models:
         raise APIError(503, "no provider serves any model the policy allows")
+    admission = _admit(state, tenant, body, models, decision, prompt)
+    models = admission.models
     call_id = uuid.uuid4().hex
     messages = [m.model_dump(exclude_none=True) for m in body.messages]
     base = {"call_id": call_id, "prompt": prompt, "routed": decision is not None,
@@ -134,14 +137,19 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, tenant
             "messages": messages}  # JSON-encoded by the call log's writer thread, off the hot path
     started = time.perf_counter()
     if body.stream:
-        return await _stream(state, body, messages, models, base, started)
-    answered = await _unless_client_leaves(request, _in_order(
-        state, base, models, started, lambda m: state.providers[m].complete(_upstream_request(body, messages, m))))
-    if answered is None:
-        return Response(status_code=CLIENT_CLOSED)  # nobody reads it
-    model, result = answered
+        return await _stream(state, body, messages, models, base, started, admission)
+    spent = 0.0
+    try:
+        answered = await _unless_client_leaves(request, _in_order(
+            state, base, models, started, lambda m: state.providers[m].complete(_upstream_request(body, messages, m))))
+        if answered is None:
+            return Response(status_code=CLIENT_CLOSED)  # nobody reads it
+        model, result = answered
+        cost = _cost(model, result.usage)
+        spent = cost or 0.0
+    finally:
+        _settle(state, admission, spent)
     latency = (time.perf_counter() - started) * 1000
-    cost = _cost(model, result.usage)
     _log(state, **base, model=model, status="ok", http_status=200, response=result.text, latency_ms=latency,
          input_tokens=result.usage.input_tokens, output_tokens=result.usage.output_tokens, cost_usd=cost)
     message = {"role": "assistant", "content": result.text}
@@ -155,6 +163,30 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, tenant
         "router_ml": {"call_id": call_id, "cost_usd": cost, "latency_ms": latency, "decision": decision},
     }
     return JSONResponse(payload, headers=_headers(model, cost, call_id))
+
+
+def _admit(state, tenant, body: ChatCompletionRequest, models: list[str], decision: dict | None,
+           prompt: str) -> Admission:
+    """The tenant's rate limits and budget for this call (:mod:`router_ml.serve.spending`); 429 when over."""
+    if tenant is None or state.limits is None:
+        return Admission(models)
+    input_tokens = count_tokens(prompt)
+    fallbacks = [] if decision is None else [  # degrade to the best allowed model that fits, for a routed call
+        p["model"] for p in sorted(decision["predicted"], key=lambda p: (-p["quality"], p["cost_usd"]))
+        if p["allowed"] and p["model"] in state.providers]
+    try:
+        check_rates(state.limits, tenant, input_tokens, body.max_tokens)
+        return admit(state.limits, tenant, models, fallbacks, input_tokens, body.max_tokens)
+    except RateLimited as exc:
+        raise APIError(429, str(exc), headers={"retry-after": str(max(1, round(exc.retry_after)))}) from exc
+    except OverBudget as exc:
+        raise APIError(429, str(exc), param="budget") from exc
+
+
+def _settle(state, admission: Admission, spent_usd: float) -> None:
+    """Replace the call's budget reservation by what it cost."""
+    if admission.reservation is not None:
+        state.limits.settle(admission.reservation, spent_usd)
 
 
 async def _unless_client_leaves(request: Request, work):
@@ -181,21 +213,25 @@ def _headers(model: str, cost: float | None, call_id: str) -> dict:
     return headers
 
 
-async def _stream(state, body, messages, models, base, started):
+async def _stream(state, body, messages, models, base, started, admission: Admission):
     """Open the upstream stream, falling back while nothing has been sent, then relay it as SSE."""
 
     async def open_stream(model: str):
         stream = state.providers[model].stream(_upstream_request(body, messages, model))
         return stream, await anext(stream, None)
 
-    model, (stream, first) = await _in_order(state, base, models, started, open_stream)
-    return StreamingResponse(_relay(state, body, model, stream, first, base, started),
+    try:
+        model, (stream, first) = await _in_order(state, base, models, started, open_stream)
+    except BaseException:
+        _settle(state, admission, 0.0)
+        raise
+    return StreamingResponse(_relay(state, body, model, stream, first, base, started, admission),
                              media_type="text/event-stream", headers=_headers(model, None, base["call_id"]))
 
 
-async def _relay(state, body, model, stream, first, base, started):
-    """SSE events of the upstream stream; the upstream request is closed however this ends (a client
-    that goes away closes this generator)."""
+async def _relay(state, body, model, stream, first, base, started, admission: Admission):
+    """SSE events of the upstream stream; the upstream request is closed and the budget settled however
+    this ends (a client that goes away closes this generator)."""
     created, chunk_id = int(time.time()), f"chatcmpl-{base['call_id']}"
     parts, usage, finish, logged = [], None, None, False
 
@@ -239,3 +275,5 @@ async def _relay(state, body, model, stream, first, base, started):
         raise
     finally:
         await stream.aclose()
+        # What was streamed was paid for, however the stream ended.
+        _settle(state, admission, _cost(model, usage or _counted_usage(body, "".join(parts))) or 0.0)

@@ -73,6 +73,7 @@ def build_app():
     """The app for uvicorn's ``factory=True``: bundle, providers and call log from the settings."""
     from router_ml.bundle import load_bundle
     from router_ml.serve.app import create_app
+    from router_ml.serve.limits import limits_for
     from router_ml.serve.state import watch
     from router_ml.serve.store import CallStore
     from router_ml.serve.tenants import TenantStore
@@ -81,9 +82,11 @@ def build_app():
     models = load_bundle(settings.bundle).models
     store = CallStore(settings.store_url, journal_dir=settings.store_journal)
     tenants = TenantStore(settings.store_url)
+    # A budget period's spend starts from the call log, so a restart does not reset it.
+    limits = limits_for(settings.redis_url, lambda tenant, _period, start: store.spend(tenant, start))
     pool = UpstreamPool()
     app = create_app(settings.bundle, providers_for(models, settings, pool), store=store, tenants=tenants,
-                     admin_key=settings.admin_key)
+                     admin_key=settings.admin_key, limits=limits)
 
     @asynccontextmanager
     async def lifespan(app):
@@ -93,6 +96,8 @@ def build_app():
         await pool.aclose()
         store.close()  # flush every logged call before the process ends
         tenants.close()
+        if hasattr(limits, "close"):
+            limits.close()
 
     app.router.lifespan_context = lifespan
     return app
