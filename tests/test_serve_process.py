@@ -38,13 +38,15 @@ def _key(store_url: str) -> str:
     return key
 
 
-def _start(tmp, static_encoder_dir, port: int, *args: str) -> tuple[subprocess.Popen, openai.OpenAI]:
-    """`router-ml serve` on the bundle, outcomes and call log under ``tmp``, with a tenant's key; returns once it
-    answers."""
-    key = _key(f"sqlite:///{tmp / 'calls.db'}")
+def _start(tmp, static_encoder_dir, port: int, *args: str, key: str | None = None,
+           env_extra: dict | None = None) -> tuple[subprocess.Popen, openai.OpenAI]:
+    """`router-ml serve` on the bundle, outcomes and call log under ``tmp`` (``env_extra`` overrides), with ``key``
+    or a new key of tenant 'test'; returns once it answers."""
     env = {**os.environ, "ROUTER_ML_BUNDLE": str(tmp / "bundle"), "ROUTER_ML_STATIC_ENCODER": str(static_encoder_dir),
            "ROUTER_ML_OUTCOMES_PATH": str(tmp / "outcomes.parquet"), "ROUTER_ML_REPLAY_SPEED": "0",
-           "ROUTER_ML_STORE_URL": f"sqlite:///{tmp / 'calls.db'}", "ROUTER_ML_STORE_JOURNAL": str(tmp / "journal")}
+           "ROUTER_ML_STORE_URL": f"sqlite:///{tmp / 'calls.db'}", "ROUTER_ML_STORE_JOURNAL": str(tmp / "journal"),
+           **(env_extra or {})}
+    key = key or _key(env["ROUTER_ML_STORE_URL"])
     process = subprocess.Popen([sys.executable, "-m", "router_ml.cli", "serve", "--port", str(port), *args], env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 120
@@ -219,3 +221,65 @@ def test_two_workers_answer_and_flush_their_logs_on_sigterm(served, static_encod
         logged = {row[0] for row in connection.execute(sa.text("select call_id from calls where status = 'ok'"))}
     assert not [i for i in ids if i not in logged]
     assert list((tmp_path / "journal").iterdir()) == []  # both workers closed their journals cleanly
+
+
+def test_two_servers_never_overspend_a_tenants_budget(served, static_encoder_dir, tmp_path, postgres_url, redis_url):
+    """200 concurrent calls, spread over two server processes sharing PostgreSQL and Redis, against a day budget
+    with room for about ten: the tenant's logged spend never passes the budget by more than one reservation."""
+    import shutil
+    import uuid
+    from concurrent.futures import ThreadPoolExecutor
+    from datetime import UTC, datetime
+
+    import redis
+
+    from router_ml.serve.limits import period_starts
+    from router_ml.serve.spending import max_cost_usd
+    from router_ml.serve.store import CallStore
+    from router_ml.tokens import count_tokens
+
+    source, recorded = served
+    shutil.copytree(source / "bundle", tmp_path / "bundle")
+    shutil.copy(source / "outcomes.parquet", tmp_path / "outcomes.parquet")
+    prompts = recorded["prompt"].unique().to_list()[:50]
+    models = recorded["model"].unique().to_list()
+    reservations = [max(max_cost_usd(m, count_tokens(p), 64) for m in models) for p in prompts]
+    budget = 10 * sorted(reservations)[len(reservations) // 2]
+    tenant = f"budget-{uuid.uuid4().hex[:8]}"
+    tenants = TenantStore(postgres_url)
+    tenants.create_tenant(tenant, budget_usd_day=budget)
+    key = tenants.issue_key(tenant)
+    tenants.close()
+    shared = {"ROUTER_ML_STORE_URL": postgres_url, "ROUTER_ML_REDIS_URL": redis_url[0]}
+    servers = [_start(tmp_path, static_encoder_dir, _free_port(), key=key,
+                      env_extra={**shared, "ROUTER_ML_STORE_JOURNAL": str(tmp_path / f"journal-{i}")})
+               for i in range(2)]
+
+    def call(i: int) -> int:
+        client = servers[i % 2][1]
+        try:
+            client.chat.completions.create(model="router-ml/auto", max_tokens=64,
+                                           messages=[{"role": "user", "content": prompts[i % len(prompts)]}])
+            return 200
+        except openai.RateLimitError as exc:
+            assert "day budget" in exc.message
+            return 429
+
+    try:
+        with ThreadPoolExecutor(max_workers=40) as pool:
+            statuses = list(pool.map(call, range(200)))
+    finally:
+        for process, _ in servers:
+            process.send_signal(signal.SIGTERM)
+        for process, _ in servers:
+            process.wait(timeout=60)
+        client = redis.Redis.from_url(redis_url[0])
+        client.delete(*client.keys(f"router-ml:*{tenant}*") or ["none"])
+        client.close()
+    store = CallStore(postgres_url)
+    spent = store.spend(tenant, period_starts(datetime.now(UTC))["day"])
+    store.close()
+    answered, refused = statuses.count(200), statuses.count(429)
+    print(f"budget ${budget:.6f}: {answered} answered, {refused} refused, ${spent:.6f} spent")
+    assert answered + refused == 200 and answered >= 5 and refused >= 100
+    assert spent <= budget + max(reservations)
