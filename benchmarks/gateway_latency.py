@@ -261,7 +261,8 @@ def start_gateway(workers: int, upstream: str, tmp: Path) -> tuple[Server, str, 
     tenants.close()
     env_set = {"ROUTER_ML_PROVIDER": "openai", "ROUTER_ML_UPSTREAM_BASE_URL": f"{upstream}/v1",
                "ROUTER_ML_STORE_URL": f"sqlite:///{state / 'calls.db'}",
-               "ROUTER_ML_STORE_JOURNAL": str(state / "journal")}
+               "ROUTER_ML_STORE_JOURNAL": str(state / "journal"),
+               "ROUTER_ML_CACHE": "off"}  # wrk repeats five prompts: every call must reach the upstream
     cmd = [sys.executable, "-m", "router_ml.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
            "--workers", str(workers)]
     server = Server(f"gateway w{workers}", cmd, {**os.environ, **env_set}, state / "serve.log",

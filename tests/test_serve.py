@@ -346,3 +346,41 @@ def test_workers_pick_up_a_bundle_rewritten_on_disk(bundle, mini_files, static_e
         shutil.copy(tmp_path / "retrained" / name, served / name)
     asyncio.run(watch_for(0.5))
     assert holder.current.version == retrained and not holder.changed_on_disk()
+
+
+def test_a_repeated_request_is_answered_from_the_cache_at_zero_cost(bundle, static_encoder_dir):
+    from router_ml.serve.cache import ResponseCache
+    from router_ml.serve.providers.base import ProviderError
+
+    _, meta, prompts = bundle
+    answers = iter(["boom", "first answer", "second answer"])
+
+    def handler(request):
+        text = next(answers)
+        if text == "boom":
+            raise ProviderError("upstream down", status=502, retryable=False)
+        return text
+
+    fakes = {m: HandlerProvider(handler) for m in meta["models"]}
+    log = Log()
+    directory, _, _ = bundle
+    app = create_app(directory, fakes, store=log, encoder=StaticEncoder(static_encoder_dir), cache=ResponseCache())
+    request = {"model": "router-ml/auto", "messages": [{"role": "user", "content": prompts[0]}]}
+
+    async def go():
+        client = _client(app)
+        with pytest.raises(openai.APIStatusError):  # an error is never cached
+            await client.chat.completions.create(**request)
+        first = await client.chat.completions.with_raw_response.create(**request)
+        again = await client.chat.completions.with_raw_response.create(**request)
+        warmer = await client.chat.completions.create(**request, temperature=0.9)  # another request: a miss
+        return first, again, warmer
+
+    first, again, warmer = asyncio.run(go())
+    assert again.headers["x-router-ml-cache"] == "exact" and "x-router-ml-cache" not in first.headers
+    assert again.parse().choices[0].message.content == first.parse().choices[0].message.content == "first answer"
+    assert again.headers["x-router-ml-call-id"] != first.headers["x-router-ml-call-id"]
+    assert warmer.choices[0].message.content == "second answer"
+    hit = [c for c in log.calls if c.get("cache")]
+    assert len(hit) == 1 and hit[0]["cost_usd"] == 0.0 and hit[0]["status"] == "ok"
+    assert hit[0]["saved_usd"] == pytest.approx(first.parse().router_ml["cost_usd"])

@@ -22,7 +22,7 @@ import sqlalchemy as sa
 
 from router_ml.data import schema
 from router_ml.pricing import cost_usd
-from router_ml.serve.store import CallStore
+from router_ml.serve.store import CallStore, calls
 from router_ml.tokens import count_tokens
 
 PROMPTS = (
@@ -267,7 +267,7 @@ def test_a_bad_row_does_not_sink_its_batch(url, caplog):
 # ----------------------------------------------------------------- journal: no answered call lost to a kill
 _KILLED_WRITER = """
 import sys
-from router_ml.serve.store import CallStore
+from router_ml.serve.store import CallStore, calls
 from test_store import call_row
 
 store = CallStore(sys.argv[1], interval=3600.0, batch_size=10**6, journal_dir=sys.argv[2])
@@ -345,3 +345,19 @@ def test_spend_sums_a_tenants_costs_since_a_time_failed_calls_included(store):
     assert store.spend("tenant-0", start) == pytest.approx(sum(tenant0) + 0.002)
     assert store.spend("tenant-0", start + timedelta(hours=1)) == pytest.approx(tenant0[1] + 0.002)
     assert store.spend("nobody", start) == 0.0
+
+
+def test_a_log_created_before_new_columns_gets_them(url):
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:  # a calls table as an older release created it: no cache columns
+        old = sa.Table("calls", sa.MetaData(), *(sa.Column(c.name, c.type) for c in calls.columns
+                                                 if c.name not in ("cache", "saved_usd")))
+        old.create(conn)
+    engine.dispose()
+    s = CallStore(url)
+    try:
+        call_id = s.record(call_row(0, cache="exact", saved_usd=0.01, cost_usd=0.0))
+        s.flush()
+        assert (s.get(call_id)["cache"], s.get(call_id)["saved_usd"]) == ("exact", 0.01)
+    finally:
+        s.close()

@@ -43,8 +43,13 @@ class Settings(BaseSettings):
     upstream_api_key: str | None = None
     store_url: str = f"sqlite:///{PROJECT_ROOT / 'data' / 'calls.db'}"
     """Call log database (SQLAlchemy URL): SQLite by default, PostgreSQL to scale out."""
+    cache: str = "exact"
+    """Response cache: 'off', 'exact' (identical requests of a tenant) or 'semantic' (also near-identical last
+    messages; see serve/cache.py for its measured wrong-hit rate)."""
+    cache_ttl_seconds: float = 3600.0
     redis_url: str | None = None
-    """Redis for budgets and rate limits shared by every worker and replica; unset: each process counts alone."""
+    """Redis for budgets, rate limits and the response cache shared by every worker and replica; unset: each
+    process keeps its own."""
     store_journal: Path | None = PROJECT_ROOT / "data" / "call-journal"
     """Local journal of logged calls not yet committed, replayed after a crash (see serve/store.py); one per host."""
     admin_key: str | None = None

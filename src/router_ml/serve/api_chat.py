@@ -128,6 +128,9 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, tenant
     models, decision = _candidates(body, state, bundle, prompt, tenant)
     if not models:
         raise APIError(503, "no provider serves any model the policy allows")
+    cache_scope = _cache_scope(state, tenant, body)
+    if cache_scope is not None and (hit := state.cache.lookup(*cache_scope)) is not None:
+        return _cached_answer(state, hit, prompt, bundle, decision, tenant)
     admission = _admit(state, tenant, body, models, decision, prompt)
     models = admission.models
     call_id = uuid.uuid4().hex
@@ -162,7 +165,36 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, tenant
                   "total_tokens": result.usage.input_tokens + result.usage.output_tokens},
         "router_ml": {"call_id": call_id, "cost_usd": cost, "latency_ms": latency, "decision": decision},
     }
+    if cache_scope is not None:
+        state.cache.store(*cache_scope, payload, cost or 0.0)
     return JSONResponse(payload, headers=_headers(model, cost, call_id))
+
+
+def _cache_scope(state, tenant, body: ChatCompletionRequest) -> tuple | None:
+    """(tenant, messages, model or policy, sampling): what a cached answer must match; None when not cached
+    (no cache, or a streamed request)."""
+    if state.cache is None or body.stream:
+        return None
+    policy = body.router_ml.model_dump(exclude_none=True) if body.router_ml is not None else None
+    sampling = {"temperature": body.temperature, "top_p": body.top_p, "max_tokens": body.max_tokens,
+                "stop": body.stop, "tools": body.tools, "tool_choice": body.tool_choice}
+    return (tenant.name if tenant is not None else "", [m.model_dump(exclude_none=True) for m in body.messages],
+            {"model": body.model, "policy": policy}, sampling)
+
+
+def _cached_answer(state, hit, prompt: str, bundle, decision: dict | None, tenant) -> JSONResponse:
+    """The cached answer under a new call id, logged at zero cost with what it saved."""
+    call_id = uuid.uuid4().hex
+    payload = {**hit.payload, "id": f"chatcmpl-{call_id}", "created": int(time.time()),
+               "router_ml": {"call_id": call_id, "cost_usd": 0.0, "decision": decision,
+                             "cache": {"kind": hit.kind, "similarity": hit.similarity, "saved_usd": hit.saved_usd}}}
+    usage = payload.get("usage") or {}
+    _log(state, call_id=call_id, prompt=prompt, routed=decision is not None, bundle_version=bundle.version,
+         tenant=tenant.name if tenant is not None else None, model=payload["model"], status="ok", http_status=200,
+         response=payload["choices"][0]["message"].get("content"), latency_ms=0.0, cost_usd=0.0,
+         input_tokens=usage.get("prompt_tokens", 0), output_tokens=usage.get("completion_tokens", 0),
+         cache=hit.kind, saved_usd=hit.saved_usd)
+    return JSONResponse(payload, headers={**_headers(payload["model"], 0.0, call_id), "x-router-ml-cache": hit.kind})
 
 
 def _admit(state, tenant, body: ChatCompletionRequest, models: list[str], decision: dict | None,

@@ -15,13 +15,14 @@ MAX_BODY_BYTES = 16 << 20  # a long-context request with images stays well below
 
 def create_app(bundle_dir: Path, providers: dict, store=None, encoder=None,
                max_body_bytes: int = MAX_BODY_BYTES, tenants=None, admin_key: str | None = None,
-               limits=None) -> FastAPI:
+               limits=None, cache=None) -> FastAPI:
     """An app routing with the bundle in ``bundle_dir``; ``providers`` maps each served model name to the
     provider that answers for it; ``store`` (optional) receives every call for the call log. A request body
     over ``max_body_bytes`` is refused with 413 before it is read in full. With ``tenants`` (a
     :class:`~router_ml.serve.tenants.TenantStore`) every ``/v1/*`` call needs a tenant's API key and
     ``/admin/*`` needs ``admin_key`` (see :mod:`router_ml.serve.auth`); without, auth is off. ``limits`` (a
-    :mod:`router_ml.serve.limits` backend) enforces each tenant's rate limits and budgets."""
+    :mod:`router_ml.serve.limits` backend) enforces each tenant's rate limits and budgets; ``cache`` (a
+    :class:`~router_ml.serve.cache.ResponseCache`) answers repeated requests of a tenant."""
     app = FastAPI(title="router-ml", version="0.1.0")
     app.add_middleware(errors.BodyLimit, limit=max_body_bytes)
     app.state.bundles = BundleHolder(bundle_dir, encoder=encoder)
@@ -30,6 +31,7 @@ def create_app(bundle_dir: Path, providers: dict, store=None, encoder=None,
     app.state.tenants = tenants
     app.state.admin_key = admin_key
     app.state.limits = limits
+    app.state.cache = cache
     app.state.log_rejects = 0  # calls the call log refused (each also logged as an error)
     errors.install(app)
     for area in (api_meta, api_route, api_chat, api_feedback, api_admin):

@@ -69,6 +69,19 @@ def providers_for(models: list[str], settings, pool: UpstreamPool | None = None)
     raise ValueError(f"ROUTER_ML_PROVIDER must be 'replay', 'openai' or 'catalog', not {settings.provider!r}")
 
 
+def response_cache(settings, encode):
+    """The response cache the settings ask for (None when off); the semantic layer embeds with ``encode``."""
+    from router_ml.serve.cache import ResponseCache, cache_backend_for
+
+    if settings.cache not in ("off", "exact", "semantic"):
+        raise ValueError(f"ROUTER_ML_CACHE must be 'off', 'exact' or 'semantic', not {settings.cache!r}")
+    if settings.cache == "off":
+        return None
+    semantic = settings.cache == "semantic"
+    return ResponseCache(cache_backend_for(settings.redis_url), ttl_s=settings.cache_ttl_seconds, semantic=semantic,
+                         encode=encode if semantic else None)
+
+
 def build_app():
     """The app for uvicorn's ``factory=True``: bundle, providers and call log from the settings."""
     from router_ml.bundle import load_bundle
@@ -85,8 +98,9 @@ def build_app():
     # A budget period's spend starts from the call log, so a restart does not reset it.
     limits = limits_for(settings.redis_url, lambda tenant, _period, start: store.spend(tenant, start))
     pool = UpstreamPool()
+    cache = response_cache(settings, lambda texts: app.state.bundles.current.encoder.encode(texts))
     app = create_app(settings.bundle, providers_for(models, settings, pool), store=store, tenants=tenants,
-                     admin_key=settings.admin_key, limits=limits)
+                     admin_key=settings.admin_key, limits=limits, cache=cache)
 
     @asynccontextmanager
     async def lifespan(app):
@@ -96,8 +110,9 @@ def build_app():
         await pool.aclose()
         store.close()  # flush every logged call before the process ends
         tenants.close()
-        if hasattr(limits, "close"):
-            limits.close()
+        for shared in (limits, cache.backend if cache is not None else None):
+            if hasattr(shared, "close"):
+                shared.close()  # Redis connections
 
     app.router.lifespan_context = lifespan
     return app

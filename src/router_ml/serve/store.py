@@ -63,7 +63,8 @@ from router_ml.data.importers.common import prompt_id as stable_prompt_id
 log = logging.getLogger(__name__)
 
 STATUSES = ("ok", "error")
-EXTRA_COLUMNS = ("call_id", "status", "error", "http_status", "bundle_version", "routed", "policy", "feedback_at")
+EXTRA_COLUMNS = ("call_id", "status", "error", "http_status", "bundle_version", "routed", "policy", "feedback_at",
+                 "cache", "saved_usd")
 ALL_COLUMNS = tuple(c.name for c in schema.COLUMNS) + EXTRA_COLUMNS
 # Fields a caller must give for every call; an 'ok' call must give every non-null outcomes column
 # except those the store derives (prompt_id, group_id from the prompt; source, flags by default).
@@ -105,6 +106,8 @@ calls = sa.Table(
     sa.Column("routed", sa.Boolean, nullable=False, default=False),
     sa.Column("policy", sa.Text),
     sa.Column("feedback_at", sa.DateTime(timezone=True)),
+    sa.Column("cache", sa.String(16)),  # 'exact' or 'semantic' when the answer came from the response cache
+    sa.Column("saved_usd", sa.Float),  # for a cache hit: what the original call cost
     sa.CheckConstraint("status IN ('ok', 'error')", name="calls_status"),
     sa.Index("calls_status_feedback", "status", "feedback_at"),
 )
@@ -167,6 +170,7 @@ class CallStore:
         self.dead_letter: list[dict] = []
         self.engine = self._engine(url)
         metadata.create_all(self.engine)
+        self._add_missing_columns()
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._closed = False
         self._close_lock = threading.Lock()
@@ -183,6 +187,16 @@ class CallStore:
             self._segment = self._open_segment()
         self._writer = threading.Thread(target=self._run, name="call-store-writer", daemon=True)
         self._writer.start()
+
+    def _add_missing_columns(self) -> None:
+        """Columns added to ``calls`` since a log was created (nullable ones only) are added to it."""
+        present = {c["name"] for c in sa.inspect(self.engine).get_columns("calls")}
+        with self.engine.begin() as conn:
+            for column in calls.columns:
+                if column.name not in present:
+                    kind = column.type.compile(dialect=self.engine.dialect)
+                    conn.execute(sa.text(f"ALTER TABLE calls ADD COLUMN {column.name} {kind}"))
+                    log.warning("call store: added column %s to the existing calls table", column.name)
 
     @staticmethod
     def _engine(url: str) -> sa.Engine:
