@@ -5,7 +5,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 # The public datasets mirror, when this checkout sits beside one (as in CI).
 MIRROR ?= $(wildcard ../shared/datasets)
-MIRROR_ENV := $(if $(MIRROR),ROUTER_ML_DATA_MIRROR=$(abspath $(MIRROR)))
+PARAPHRASE_MIRROR ?= $(wildcard ../shared/paraphrase)
+MIRROR_ENV := $(if $(MIRROR),ROUTER_ML_DATA_MIRROR=$(abspath $(MIRROR))) \
+	$(if $(PARAPHRASE_MIRROR),ROUTER_ML_PARAPHRASE_MIRROR=$(abspath $(PARAPHRASE_MIRROR)))
 
 .PHONY: install run data test bench bench-gateway default-bundle clean
 

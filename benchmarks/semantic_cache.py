@@ -20,7 +20,6 @@ serving uses, so its setting is the one shipped (``SHIPPED_THRESHOLD`` etc. in r
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import random
 import re
@@ -32,21 +31,23 @@ import numpy as np
 import polars as pl
 
 from router_ml.config import PROJECT_ROOT, get_settings
+from router_ml.data.paraphrase import load_pairs, paws_files
 from router_ml.embed import CachedEncoder, EmbeddingCache, MiniLMEncoder, StaticEncoder
 from router_ml.serve.cache import near_miss_reason
 
 RESULTS = PROJECT_ROOT / "benchmarks" / "results"
-PAWS = PROJECT_ROOT.parent / "shared" / "paraphrase" / "paws_wiki"
 STATIC = PROJECT_ROOT / "models" / "minilm-static"
 THRESHOLDS = np.round(np.arange(0.5, 1.0001, 0.01), 2)
 GUARDS = [None] + [(d, a) for d in (0, 1, 2) for a in (0.0, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98)]
 MAX_WRONG, MIN_HITS, NEAR_MISS_PAIRS = 0.01, 20, 1000
 
 
-def load_paws(split: str) -> tuple[list[str], list[str], np.ndarray]:
-    with open(PAWS / f"{split}.tsv", newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f, delimiter="\t"))
-    return [r["sentence1"] for r in rows], [r["sentence2"] for r in rows], np.array([int(r["label"]) for r in rows])
+def load_paws() -> dict[str, tuple[list[str], list[str], np.ndarray]]:
+    """The pinned PAWS-Wiki splits (datasets/paraphrase.tsv; ROUTER_ML_PARAPHRASE_MIRROR or a download)."""
+    settings = get_settings()
+    files = paws_files(settings.paraphrase_manifest, settings.cache_dir, settings.paraphrase_mirror)
+    return {split: (a, b, np.array(labels)) for split in ("dev", "test")
+            for a, b, labels in [load_pairs(files[split])]}
 
 
 def near_miss_pairs(outcomes: Path, n: int, seed: int = 0) -> dict[str, tuple[list[str], list[str]]]:
@@ -99,7 +100,7 @@ def guard_name(guard) -> str:
 
 def evaluate(encoder, near_miss: dict) -> dict:
     started = time.perf_counter()
-    splits = {split: load_paws(split) for split in ("dev", "test")}
+    splits = load_paws()
     sims = {split: similarities(encoder, a, b) for split, (a, b, _) in splits.items()}
     curves = {split: {guard_name(g): curve(sims[split], passes(a, b, g), labels) for g in GUARDS}
               for split, (a, b, labels) in splits.items()}
@@ -154,8 +155,8 @@ def main() -> None:
     parser.add_argument("--minilm", action="store_true", help="also measure the full MiniLM encoder")
     args = parser.parse_args()
     outcomes = get_settings().outcomes_path
-    if not PAWS.is_dir() or not Path(outcomes).is_file():
-        sys.exit(f"needs {PAWS} and the outcomes table {outcomes}")
+    if not Path(outcomes).is_file():
+        sys.exit(f"needs the outcomes table {outcomes} (`make data`)")
     near_miss = near_miss_pairs(outcomes, NEAR_MISS_PAIRS)
     encoders = [StaticEncoder(STATIC)]
     if args.minilm:

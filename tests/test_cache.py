@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-import csv
 import importlib.util
 import os
 import shutil
 import subprocess
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
 from router_ml.config import PROJECT_ROOT
+from router_ml.data.paraphrase import load_pairs, paws_files
 from router_ml.serve.cache import MemoryBackend, RedisBackend, ResponseCache, near_miss_reason, request_key
 
-PAWS_DEV = PROJECT_ROOT.parent / "shared" / "paraphrase" / "paws_wiki" / "dev.tsv"
 CONVERSATION = [{"role": "system", "content": "You answer tersely."},
                 {"role": "user", "content": "Name a prime number."},
                 {"role": "assistant", "content": "7"},
@@ -73,10 +74,13 @@ def backend(request):
 
 
 def _paws_rows() -> list[dict]:
-    if not PAWS_DEV.is_file():
-        pytest.skip(f"no PAWS-Wiki at {PAWS_DEV}")
-    with open(PAWS_DEV, newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f, delimiter="\t"))
+    """PAWS-Wiki dev rows, fetched from the mirror through the project's manifest (checksums verified)."""
+    mirror = PROJECT_ROOT.parent / "shared" / "paraphrase"
+    if not mirror.is_dir():
+        pytest.skip(f"no PAWS-Wiki mirror at {mirror}")
+    files = paws_files(PROJECT_ROOT / "datasets" / "paraphrase.tsv", Path(tempfile.mkdtemp()), mirror)
+    first, second, labels = load_pairs(files["dev"])
+    return [{"sentence1": a, "sentence2": b, "label": str(y)} for a, b, y in zip(first, second, labels)]
 
 
 def _bench_module():

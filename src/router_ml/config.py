@@ -26,6 +26,10 @@ class Settings(BaseSettings):
     cache_dir: Path = _default_cache_dir()
     """Downloaded dataset files and embeddings live here (never inside a read-only mirror)."""
     manifest: Path = PROJECT_ROOT / "datasets" / "manifest.tsv"
+    paraphrase_manifest: Path = PROJECT_ROOT / "datasets" / "paraphrase.tsv"
+    """Pinned labeled paraphrase pairs (PAWS-Wiki), for the semantic cache benchmark."""
+    paraphrase_mirror: Path | None = None
+    """A local directory laid out like shared/paraphrase; read instead of downloading."""
     outcomes_path: Path = PROJECT_ROOT / "data" / "outcomes.parquet"
     github_raw_base: str = "https://raw.githubusercontent.com"
     bundle: Path = PROJECT_ROOT / "models" / "default"

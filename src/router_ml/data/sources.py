@@ -192,11 +192,15 @@ def fetch(
 
 
 def _mirror_path(mirror: Path, entry: ManifestEntry) -> Path:
+    """``<mirror>/<source>/<path>``, or the file name alone under ``<source>/`` (a flattened mirror such as
+    shared/paraphrase); either may be gzipped. The checksum check that follows makes sure it is the file."""
     plain = mirror / entry.source / entry.path
-    for candidate in (plain, plain.with_name(plain.name + ".gz")):
+    flat = mirror / entry.source / Path(entry.path).name
+    for candidate in (plain, plain.with_name(plain.name + ".gz"), flat, flat.with_name(flat.name + ".gz")):
         if candidate.is_file():
             return candidate
-    raise MissingFileError(f"{entry.source}/{entry.path} not found in mirror {mirror} (looked for {plain}[.gz])")
+    raise MissingFileError(f"{entry.source}/{entry.path} not found in mirror {mirror} (looked for {plain}[.gz] "
+                           f"and {flat}[.gz])")
 
 
 def _download_to(entry: ManifestEntry, local: Path, base_url: str, timeout: float) -> None:
