@@ -22,6 +22,9 @@ class Tenant:
     rpm: int | None = None
     tpm: int | None = None
     degrade_before_deny: bool = False
+    key_prefix: str | None = None
+    key_rpm: int | None = None
+    key_tpm: int | None = None
 
 
 def test_the_reservation_covers_max_tokens_or_the_default_and_unpriced_models_reserve_nothing():
@@ -67,3 +70,15 @@ def test_rate_limits_per_minute_for_requests_and_tokens():
     with pytest.raises(RateLimited, match="tokens per minute"):  # 200 + the default 1024 output tokens, thrice
         for _ in range(3):
             check_rates(limits, Tenant(name="wordy", tpm=3000), 200, None)
+
+
+def test_a_key_has_its_own_bucket_beside_its_tenants():
+    limits = MemoryLimits(clock=lambda: 0.0)
+    first, second = Tenant(rpm=10, key_prefix="rm-aaaaa", key_rpm=1), Tenant(rpm=10, key_prefix="rm-bbbbb")
+    check_rates(limits, first, 10, 10)
+    with pytest.raises(RateLimited, match=r"key rm-aaaaa\.\.\. is over its 1 requests per minute"):
+        check_rates(limits, first, 10, 10)
+    for _ in range(8):  # the other key has no limit of its own: the tenant's 10 apply to both together
+        check_rates(limits, second, 10, 10)
+    with pytest.raises(RateLimited, match="tenant 'acme' is over its 10 requests per minute"):
+        check_rates(limits, second, 10, 10)

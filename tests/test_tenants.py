@@ -277,3 +277,29 @@ def test_first_start_creates_the_demo_tenant_and_its_key_once(tmp_path, capsys):
     assert _first_start_key(url) is None  # no second key
     assert "router-ml tenants issue-key demo" in capsys.readouterr().out
     assert len(TenantStore(url).list_keys("demo")) == 1
+
+
+def test_rate_limits_per_key_and_budgets_per_tenant_answer_429(bundle, static_encoder_dir, tmp_path):
+    from router_ml.serve.limits import MemoryLimits
+
+    directory, models = bundle
+    url = f"sqlite:///{tmp_path}/calls.db"
+    calls, tenants = CallStore(url), TenantStore(url)
+    tenants.create_tenant("limited", rpm=100)
+    tenants.create_tenant("broke", budget_usd_day=0.0)
+    slow_key, fast_key = tenants.issue_key("limited", rpm=1), tenants.issue_key("limited")
+    broke_key = tenants.issue_key("broke")
+    assert [k["rpm"] for k in tenants.list_keys("limited")] == [1, None]
+    app = create_app(directory, {m: HandlerProvider(lambda r: "ok") for m in models}, store=calls,
+                     encoder=StaticEncoder(static_encoder_dir), tenants=tenants, limits=MemoryLimits())
+    first, second, other, broke = _requests(app, ("POST", "/v1/chat/completions", slow_key, _chat(models[0])),
+                                            ("POST", "/v1/chat/completions", slow_key, _chat(models[0])),
+                                            ("POST", "/v1/chat/completions", fast_key, _chat(models[0])),
+                                            ("POST", "/v1/chat/completions", broke_key, _chat(models[0])))
+    calls.close()
+    tenants.close()
+    assert first.status_code == 200 and other.status_code == 200
+    assert second.status_code == 429 and int(second.headers["retry-after"]) >= 1
+    assert "1 requests per minute" in second.json()["error"]["message"]
+    assert broke.status_code == 429 and "day budget" in broke.json()["error"]["message"]
+    assert broke.json()["error"]["param"] == "budget"

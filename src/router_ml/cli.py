@@ -539,10 +539,15 @@ def tenants_set(name: str, budget_day: BudgetDay = None, budget_month: BudgetMon
 
 @tenants_app.command("issue-key")
 @_clear_errors
-def tenants_issue_key(name: str, store_url: StoreUrlOption = None) -> None:
+def tenants_issue_key(
+    name: str,
+    rpm: Annotated[Optional[int], typer.Option(help="The key's own requests per minute (beside the tenant's).")] = None,
+    tpm: Annotated[Optional[int], typer.Option(help="The key's own tokens per minute.")] = None,
+    store_url: StoreUrlOption = None,
+) -> None:
     """Issue an API key for the tenant, printed this once (only its hash is stored)."""
     with _tenant_store(store_url) as store:
-        key = store.issue_key(name)
+        key = store.issue_key(name, rpm=rpm, tpm=tpm)
     console.print(f"API key of tenant {name!r} (shown this once; only its hash is stored):", soft_wrap=True)
     console.print(key, markup=False, soft_wrap=True)
 

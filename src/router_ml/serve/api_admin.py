@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel, Field
 
 from router_ml.serve.auth import require_admin
 from router_ml.serve.errors import APIError
@@ -76,9 +77,16 @@ async def update_tenant(name: str, request: Request):
     return _describe(store, name)
 
 
+class KeyLimits(BaseModel):
+    """A key's own limits, beside its tenant's."""
+
+    rpm: int | None = Field(default=None, ge=1)
+    tpm: int | None = Field(default=None, ge=1)
+
+
 @router.post("/tenants/{name}/keys", status_code=201)
-async def issue_key(name: str, request: Request):
-    key = _call(_store(request).issue_key, name)
+async def issue_key(name: str, request: Request, limits: KeyLimits | None = None):
+    key = _call(_store(request).issue_key, name, **(limits.model_dump() if limits is not None else {}))
     return {"tenant": name, "key": key, "prefix": key[:SHOWN_CHARS], "note": "shown once: only its hash is stored"}
 
 

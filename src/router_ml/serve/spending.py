@@ -42,17 +42,22 @@ class Admission:
 
 
 def check_rates(limits, tenant, input_tokens: int, max_tokens: int | None) -> None:
-    """Take one request and the call's tokens from the tenant's buckets; RateLimited says how long to wait."""
-    if tenant.rpm:
-        wait = limits.take(f"rpm:{tenant.name}", tenant.rpm)
+    """Take one request and the call's tokens (input plus max_tokens) from the buckets of the calling key and of
+    its tenant; RateLimited names the limit and says how long to wait."""
+    tokens = input_tokens + (max_tokens or DEFAULT_OUTPUT_TOKENS)
+    key = getattr(tenant, "key_prefix", None)
+    buckets = [(f"rpm:{tenant.name}", tenant.rpm, 1, f"tenant {tenant.name!r}", "requests"),
+               (f"tpm:{tenant.name}", tenant.tpm, tokens, f"tenant {tenant.name!r}", "tokens")]
+    if key is not None:
+        buckets += [(f"rpm:key:{key}", tenant.key_rpm, 1, f"key {key}...", "requests"),
+                    (f"tpm:key:{key}", tenant.key_tpm, tokens, f"key {key}...", "tokens")]
+    for bucket, per_minute, amount, who, unit in buckets:
+        if not per_minute:
+            continue
+        wait = limits.take(bucket, per_minute, amount=amount)
         if wait is not None:
-            raise RateLimited(f"tenant {tenant.name!r} is over its {tenant.rpm} requests per minute", wait)
-    if tenant.tpm:
-        tokens = input_tokens + (max_tokens or DEFAULT_OUTPUT_TOKENS)
-        wait = limits.take(f"tpm:{tenant.name}", tenant.tpm, amount=tokens)
-        if wait is not None:
-            raise RateLimited(f"tenant {tenant.name!r} is over its {tenant.tpm} tokens per minute "
-                              f"(this call counts {tokens}: input plus max_tokens)", wait)
+            counted = f" (this call counts {tokens}: input plus max_tokens)" if unit == "tokens" else ""
+            raise RateLimited(f"{who} is over its {per_minute} {unit} per minute{counted}", wait)
 
 
 def admit(limits, tenant, models: list[str], fallbacks: list[str], input_tokens: int,

@@ -22,7 +22,7 @@ import hashlib
 import re
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 import sqlalchemy as sa
@@ -62,6 +62,8 @@ api_keys = sa.Table(
     sa.Column("prefix", sa.String(SHOWN_CHARS), nullable=False),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("revoked_at", sa.DateTime(timezone=True)),
+    sa.Column("rpm", sa.Integer),  # the key's own limits, beside the tenant's (null: none)
+    sa.Column("tpm", sa.Integer),
 )
 
 
@@ -109,6 +111,9 @@ class Tenant:
     tpm: int | None
     degrade_before_deny: bool
     reference_model: str | None
+    key_prefix: str | None = None  # the key the tenant called with, and its own limits (see authenticate)
+    key_rpm: int | None = None
+    key_tpm: int | None = None
 
     def allows(self, model: str) -> bool:
         return self.allowed_models is None or model in self.allowed_models
@@ -201,23 +206,29 @@ class TenantStore:
         return self.require(name)
 
     # ----------------------------------------------------------------- keys
-    def issue_key(self, name: str) -> str:
-        """A new key for tenant ``name``: the plaintext, returned this once (only its hash is stored)."""
+    def issue_key(self, name: str, rpm: int | None = None, tpm: int | None = None) -> str:
+        """A new key for tenant ``name``, with its own requests and tokens per minute if given: the
+        plaintext, returned this once (only its hash is stored)."""
         tenant = self.require(name)
+        for field_name, value in (("rpm", rpm), ("tpm", tpm)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"key setting {field_name}: a positive whole number, not {value!r}")
         key = KEY_PREFIX + secrets.token_urlsafe(32)
         with self.engine.begin() as conn:
-            conn.execute(api_keys.insert().values(tenant_id=tenant.id, key_hash=hash_key(key),
+            conn.execute(api_keys.insert().values(tenant_id=tenant.id, key_hash=hash_key(key), rpm=rpm, tpm=tpm,
                                                   prefix=key[:SHOWN_CHARS], created_at=datetime.now(UTC)))
         return key
 
     def list_keys(self, name: str) -> list[dict]:
         """The tenant's keys: prefix, created_at, revoked_at (never a secret)."""
         tenant = self.require(name)
-        query = (sa.select(api_keys.c.prefix, api_keys.c.created_at, api_keys.c.revoked_at)
+        query = (sa.select(api_keys.c.prefix, api_keys.c.created_at, api_keys.c.revoked_at, api_keys.c.rpm,
+                           api_keys.c.tpm)
                  .where(api_keys.c.tenant_id == tenant.id).order_by(api_keys.c.id))
         with self.engine.connect() as conn:
             return [{"prefix": r.prefix, "created_at": _utc(r.created_at).isoformat(),
-                     "revoked_at": _utc(r.revoked_at).isoformat() if r.revoked_at else None}
+                     "revoked_at": _utc(r.revoked_at).isoformat() if r.revoked_at else None,
+                     "rpm": r.rpm, "tpm": r.tpm}
                     for r in conn.execute(query)]
 
     def revoke_key(self, name: str, prefix: str) -> int:
@@ -247,11 +258,14 @@ class TenantStore:
         hit = self._cache.get(digest)
         if hit is not None and hit[0] > now:
             return hit[1]
-        query = (sa.select(tenants).join(api_keys, api_keys.c.tenant_id == tenants.c.id)
+        query = (sa.select(tenants, api_keys.c.prefix.label("key_prefix"), api_keys.c.rpm.label("key_rpm"),
+                           api_keys.c.tpm.label("key_tpm"))
+                 .join(api_keys, api_keys.c.tenant_id == tenants.c.id)
                  .where(api_keys.c.key_hash == digest, api_keys.c.revoked_at.is_(None)))
         with self.engine.connect() as conn:
             row = conn.execute(query).first()
-        tenant = None if row is None else _tenant(row)
+        tenant = None if row is None else replace(_tenant(row), key_prefix=row.key_prefix, key_rpm=row.key_rpm,
+                                                  key_tpm=row.key_tpm)
         if len(self._cache) >= _CACHE_LIMIT:
             self._cache.clear()
         self._cache[digest] = (now + self.ttl, tenant)
