@@ -285,3 +285,46 @@ def test_two_servers_never_overspend_a_tenants_budget(served, static_encoder_dir
     print(f"budget ${budget:.6f}: {answered} answered, {refused} refused, ${spent:.6f} spent")
     assert answered + refused == 200 and answered >= 5 and refused >= 100
     assert spent <= budget + max(reservations)
+
+
+def test_replicas_share_the_response_cache_on_redis_but_never_across_tenants(served, static_encoder_dir, tmp_path,
+                                                                            postgres_url, redis_url):
+    import shutil
+    import uuid
+
+    import redis
+
+    source, recorded = served
+    shutil.copytree(source / "bundle", tmp_path / "bundle")
+    shutil.copy(source / "outcomes.parquet", tmp_path / "outcomes.parquet")
+    tenants = TenantStore(postgres_url)
+    names = [f"cache-{uuid.uuid4().hex[:8]}" for _ in range(2)]
+    for name in names:
+        tenants.create_tenant(name)
+    keys = [tenants.issue_key(name) for name in names]
+    tenants.close()
+    shared = {"ROUTER_ML_STORE_URL": postgres_url, "ROUTER_ML_REDIS_URL": redis_url[0], "ROUTER_ML_CACHE": "exact"}
+    servers = [_start(tmp_path, static_encoder_dir, _free_port(), key=keys[0],
+                      env_extra={**shared, "ROUTER_ML_STORE_JOURNAL": str(tmp_path / f"journal-{i}")})
+               for i in range(2)]
+    request = {"model": "router-ml/auto", "messages": [{"role": "user", "content": recorded["prompt"][0]}]}
+    try:
+        first = servers[0][1].chat.completions.with_raw_response.create(**request)
+        again = servers[1][1].chat.completions.with_raw_response.create(**request)  # the other replica
+        other = openai.OpenAI(base_url=str(servers[1][1].base_url), api_key=keys[1], max_retries=0)
+        stranger = other.chat.completions.with_raw_response.create(**request)  # same request, other tenant
+    finally:
+        for process, _ in servers:
+            process.send_signal(signal.SIGTERM)
+        for process, _ in servers:
+            process.wait(timeout=60)
+        client = redis.Redis.from_url(redis_url[0])
+        for name in names:
+            stale = client.keys(f"router-ml:*{name}*")
+            if stale:
+                client.delete(*stale)
+        client.close()
+    assert "x-router-ml-cache" not in first.headers
+    assert again.headers["x-router-ml-cache"] == "exact"
+    assert again.parse().choices[0].message.content == first.parse().choices[0].message.content
+    assert "x-router-ml-cache" not in stranger.headers  # never another tenant's cached answer
