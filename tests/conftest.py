@@ -68,6 +68,17 @@ def static_encoder_dir(tmp_path_factory) -> Path:
     return out
 
 
+def _service_url(variable: str, server: str) -> str:
+    """The URL of a server `.ci/services` started; skip without one, except in CI, where that is a failure."""
+    url = os.environ.get(variable)
+    if not url:
+        message = f"no {server} server: {variable} is unset (run `eval \"$(.ci/services)\"` to start one)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return url
+
+
 @pytest.fixture
 def postgres_url():
     """A SQLAlchemy URL on the PostgreSQL server of ``.ci/services`` (``ROUTER_ML_TEST_POSTGRES_URL``), confined to a
@@ -76,12 +87,7 @@ def postgres_url():
 
     import sqlalchemy as sa
 
-    base = os.environ.get("ROUTER_ML_TEST_POSTGRES_URL")
-    if not base:
-        message = "no PostgreSQL server (run `eval \"$(.ci/services)\"` to start one)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+    base = _service_url("ROUTER_ML_TEST_POSTGRES_URL", "PostgreSQL")
     schema = f"test_{uuid.uuid4().hex[:12]}"
     admin = sa.create_engine(base)
     with admin.begin() as conn:
@@ -100,12 +106,7 @@ def redis_url():
 
     import redis
 
-    url = os.environ.get("ROUTER_ML_TEST_REDIS_URL")
-    if not url:
-        message = "no Redis server (run `eval \"$(.ci/services)\"` to start one)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+    url = _service_url("ROUTER_ML_TEST_REDIS_URL", "Redis")
     prefix = f"test-{uuid.uuid4().hex[:12]}:"
     yield url, prefix
     client = redis.Redis.from_url(url)

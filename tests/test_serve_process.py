@@ -4,6 +4,7 @@ provider answers from RouterBench's recorded responses, and the call log survive
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -71,6 +72,14 @@ def served(mini_files, static_encoder_dir, tmp_path_factory):
     config = TrainConfig(name="serve", router="linear", sources=["routerbench"], min_prompts=50, n_trials=0)
     run(config, outcomes, StaticEncoder(static_encoder_dir), tmp / "bundle")
     return tmp, outcomes.filter(pl.col("source") == "routerbench").select("prompt", "model", "response")
+
+
+def _copy_served(served, tmp_path) -> pl.DataFrame:
+    """A private copy of the served bundle and outcomes table under ``tmp_path``; the recorded answers."""
+    source, recorded = served
+    shutil.copytree(source / "bundle", tmp_path / "bundle")
+    shutil.copy(source / "outcomes.parquet", tmp_path / "outcomes.parquet")
+    return recorded
 
 
 @pytest.fixture(scope="module")
@@ -154,14 +163,11 @@ def test_feedback_labels_a_logged_call_and_errors_name_the_field(mini_files, sta
 def test_sigkill_mid_load_loses_no_answered_call(served, static_encoder_dir, tmp_path):
     """Eight clients send calls as fast as they can; the server is killed (SIGKILL) mid-load. Every call that
     got an answer must be in the log once a new store has replayed the dead process's journal."""
-    import shutil
     import threading
 
     from router_ml.serve.store import CallStore
 
-    source, recorded = served
-    for name in ("bundle", "outcomes.parquet"):
-        (shutil.copytree if name == "bundle" else shutil.copy)(source / name, tmp_path / name)
+    recorded = _copy_served(served, tmp_path)
     process, client = _start(tmp_path, static_encoder_dir, _free_port())
     prompts = recorded["prompt"].unique().to_list()
     answered: list[str] = []
@@ -203,11 +209,7 @@ def test_sigkill_mid_load_loses_no_answered_call(served, static_encoder_dir, tmp
 
 
 def test_two_workers_answer_and_flush_their_logs_on_sigterm(served, static_encoder_dir, tmp_path):
-    import shutil
-
-    source, recorded = served
-    shutil.copytree(source / "bundle", tmp_path / "bundle")
-    shutil.copy(source / "outcomes.parquet", tmp_path / "outcomes.parquet")
+    recorded = _copy_served(served, tmp_path)
     process, client = _start(tmp_path, static_encoder_dir, _free_port(), "--workers", "2")
     prompts = recorded["prompt"].unique().to_list()[:30]
     ids = []
@@ -228,7 +230,6 @@ def test_two_workers_answer_and_flush_their_logs_on_sigterm(served, static_encod
 def test_two_servers_never_overspend_a_tenants_budget(served, static_encoder_dir, tmp_path, postgres_url, redis_url):
     """200 concurrent calls, spread over two server processes sharing PostgreSQL and Redis, against a day budget
     with room for about ten: the tenant's logged spend never passes the budget by more than one reservation."""
-    import shutil
     import uuid
     from concurrent.futures import ThreadPoolExecutor
     from datetime import UTC, datetime
@@ -240,9 +241,7 @@ def test_two_servers_never_overspend_a_tenants_budget(served, static_encoder_dir
     from router_ml.serve.store import CallStore
     from router_ml.tokens import count_tokens
 
-    source, recorded = served
-    shutil.copytree(source / "bundle", tmp_path / "bundle")
-    shutil.copy(source / "outcomes.parquet", tmp_path / "outcomes.parquet")
+    recorded = _copy_served(served, tmp_path)
     prompts = recorded["prompt"].unique().to_list()[:50]
     models = recorded["model"].unique().to_list()
     reservations = [max(max_cost_usd(m, count_tokens(p), 64) for m in models) for p in prompts]
@@ -289,14 +288,11 @@ def test_two_servers_never_overspend_a_tenants_budget(served, static_encoder_dir
 
 def test_replicas_share_the_response_cache_on_redis_but_never_across_tenants(served, static_encoder_dir, tmp_path,
                                                                             postgres_url, redis_url):
-    import shutil
     import uuid
 
     import redis
 
-    source, recorded = served
-    shutil.copytree(source / "bundle", tmp_path / "bundle")
-    shutil.copy(source / "outcomes.parquet", tmp_path / "outcomes.parquet")
+    recorded = _copy_served(served, tmp_path)
     tenants = TenantStore(postgres_url)
     names = [f"cache-{uuid.uuid4().hex[:8]}" for _ in range(2)]
     for name in names:
