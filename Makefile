@@ -32,12 +32,13 @@ data: install
 test: install
 	$(MIRROR_ENV) $(BIN)/python -m pytest
 
-# Benchmarks: routing quality (four tracks), decision latency and the semantic cache; results, REPORT.md and PNGs in benchmarks/results/.
+# Benchmarks: routing quality (four tracks), decision latency, the semantic cache and output lengths; results, REPORT.md and PNGs in benchmarks/results/.
 bench: install data/outcomes.parquet
 	@start=$$(date +%s); \
 	$(MIRROR_ENV) $(BIN)/python benchmarks/routing_quality.py && \
 	$(MIRROR_ENV) $(BIN)/python benchmarks/decision_latency.py && \
 	$(MIRROR_ENV) $(BIN)/python benchmarks/semantic_cache.py && \
+	$(MIRROR_ENV) $(BIN)/python benchmarks/output_length.py && \
 	echo "make bench: $$(( $$(date +%s) - start )) s in all"
 
 # Gateway latency over a loopback 50 ms upstream, next to the LiteLLM proxy (results and PNG in benchmarks/results/).
