@@ -227,6 +227,29 @@ def test_two_workers_answer_and_flush_their_logs_on_sigterm(served, static_encod
     assert list((tmp_path / "journal").iterdir()) == []  # both workers closed their journals cleanly
 
 
+def _replicas(tmp_path, static_encoder_dir, key: str, store_url: str, redis_url: str, cache: str) -> list:
+    """Two `router-ml serve` processes sharing one PostgreSQL call log and one Redis, each with its journal."""
+    shared = {"ROUTER_ML_STORE_URL": store_url, "ROUTER_ML_REDIS_URL": redis_url, "ROUTER_ML_CACHE": cache}
+    return [_start(tmp_path, static_encoder_dir, _free_port(), key=key,
+                   env_extra={**shared, "ROUTER_ML_STORE_JOURNAL": str(tmp_path / f"journal-{i}")}) for i in range(2)]
+
+
+def _stop_replicas(servers: list, redis_url: str, tenants: list[str]) -> None:
+    """SIGTERM both and wait; then delete the Redis keys (budgets, buckets, cache) of ``tenants``."""
+    import redis
+
+    for process, _ in servers:
+        process.send_signal(signal.SIGTERM)
+    for process, _ in servers:
+        process.wait(timeout=60)
+    client = redis.Redis.from_url(redis_url)
+    for tenant in tenants:
+        stale = client.keys(f"router-ml:*{tenant}*")
+        if stale:
+            client.delete(*stale)
+    client.close()
+
+
 def test_two_servers_never_overspend_a_tenants_budget(served, static_encoder_dir, tmp_path, postgres_url, redis_url):
     """200 concurrent calls, spread over two server processes sharing PostgreSQL and Redis, against a day budget
     with room for about ten: the tenant's logged spend never passes the budget by more than one reservation."""
@@ -234,7 +257,6 @@ def test_two_servers_never_overspend_a_tenants_budget(served, static_encoder_dir
     from concurrent.futures import ThreadPoolExecutor
     from datetime import UTC, datetime
 
-    import redis
 
     from router_ml.serve.limits import period_starts
     from router_ml.serve.spending import max_cost_usd
@@ -251,10 +273,7 @@ def test_two_servers_never_overspend_a_tenants_budget(served, static_encoder_dir
     tenants.create_tenant(tenant, budget_usd_day=budget)
     key = tenants.issue_key(tenant)
     tenants.close()
-    shared = {"ROUTER_ML_STORE_URL": postgres_url, "ROUTER_ML_REDIS_URL": redis_url[0], "ROUTER_ML_CACHE": "off"}
-    servers = [_start(tmp_path, static_encoder_dir, _free_port(), key=key,
-                      env_extra={**shared, "ROUTER_ML_STORE_JOURNAL": str(tmp_path / f"journal-{i}")})
-               for i in range(2)]
+    servers = _replicas(tmp_path, static_encoder_dir, key, postgres_url, redis_url[0], cache="off")
 
     def call(i: int) -> int:
         client = servers[i % 2][1]
@@ -270,13 +289,7 @@ def test_two_servers_never_overspend_a_tenants_budget(served, static_encoder_dir
         with ThreadPoolExecutor(max_workers=40) as pool:
             statuses = list(pool.map(call, range(200)))
     finally:
-        for process, _ in servers:
-            process.send_signal(signal.SIGTERM)
-        for process, _ in servers:
-            process.wait(timeout=60)
-        client = redis.Redis.from_url(redis_url[0])
-        client.delete(*client.keys(f"router-ml:*{tenant}*") or ["none"])
-        client.close()
+        _stop_replicas(servers, redis_url[0], [tenant])
     store = CallStore(postgres_url)
     spent = store.spend(tenant, period_starts(datetime.now(UTC))["day"])
     store.close()
@@ -290,7 +303,6 @@ def test_replicas_share_the_response_cache_on_redis_but_never_across_tenants(ser
                                                                             postgres_url, redis_url):
     import uuid
 
-    import redis
 
     recorded = _copy_served(served, tmp_path)
     tenants = TenantStore(postgres_url)
@@ -299,10 +311,7 @@ def test_replicas_share_the_response_cache_on_redis_but_never_across_tenants(ser
         tenants.create_tenant(name)
     keys = [tenants.issue_key(name) for name in names]
     tenants.close()
-    shared = {"ROUTER_ML_STORE_URL": postgres_url, "ROUTER_ML_REDIS_URL": redis_url[0], "ROUTER_ML_CACHE": "exact"}
-    servers = [_start(tmp_path, static_encoder_dir, _free_port(), key=keys[0],
-                      env_extra={**shared, "ROUTER_ML_STORE_JOURNAL": str(tmp_path / f"journal-{i}")})
-               for i in range(2)]
+    servers = _replicas(tmp_path, static_encoder_dir, keys[0], postgres_url, redis_url[0], cache="exact")
     request = {"model": "router-ml/auto", "messages": [{"role": "user", "content": recorded["prompt"][0]}]}
     try:
         first = servers[0][1].chat.completions.with_raw_response.create(**request)
@@ -310,16 +319,7 @@ def test_replicas_share_the_response_cache_on_redis_but_never_across_tenants(ser
         other = openai.OpenAI(base_url=str(servers[1][1].base_url), api_key=keys[1], max_retries=0)
         stranger = other.chat.completions.with_raw_response.create(**request)  # same request, other tenant
     finally:
-        for process, _ in servers:
-            process.send_signal(signal.SIGTERM)
-        for process, _ in servers:
-            process.wait(timeout=60)
-        client = redis.Redis.from_url(redis_url[0])
-        for name in names:
-            stale = client.keys(f"router-ml:*{name}*")
-            if stale:
-                client.delete(*stale)
-        client.close()
+        _stop_replicas(servers, redis_url[0], names)
     assert "x-router-ml-cache" not in first.headers
     assert again.headers["x-router-ml-cache"] == "exact"
     assert again.parse().choices[0].message.content == first.parse().choices[0].message.content

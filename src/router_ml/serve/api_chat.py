@@ -32,9 +32,11 @@ MAX_ATTEMPTS = 2
 CLIENT_CLOSED = 499  # logged status of a stream the client abandoned (nginx's convention)
 
 
-def _candidates(body: ChatCompletionRequest, state, bundle, prompt: str, tenant) -> tuple[list[str], dict | None]:
-    """Models to try in order, and the routing decision when the request was routed (under the tenant's
-    default policy and allowed models)."""
+def _candidates(body: ChatCompletionRequest, state, bundle, prompt: str, input_tokens: int,
+                tenant) -> tuple[list[str], dict | None]:
+    """Every served model the request may use, best first (the call tries the first MAX_ATTEMPTS; a tenant over
+    budget may degrade further down), and the routing decision when it was routed (under the tenant's default
+    policy and allowed models)."""
     try:
         policy = parse_auto_model(body.model)
     except ValueError as exc:
@@ -48,14 +50,14 @@ def _candidates(body: ChatCompletionRequest, state, bundle, prompt: str, tenant)
         policy = Policy(**{**policy.model_dump(exclude_none=True), **body.router_ml.model_dump(exclude_none=True)})
     policy = effective_policy(tenant, policy, bundle.models)
     try:
-        decision = decide(bundle, prompt, count_tokens(prompt), policy)
+        decision = decide(bundle, prompt, input_tokens, policy)
     except ValueError as exc:
         raise APIError(400, str(exc), param="router_ml") from exc
     chosen = decision["model"]
     others = sorted((p for p in decision["predicted"] if p["allowed"] and p["model"] != chosen),
                     key=lambda p: (-p["quality"], p["cost_usd"]))
     ranked = [chosen] + [p["model"] for p in others]
-    return [m for m in ranked if m in state.providers][:MAX_ATTEMPTS], decision
+    return [m for m in ranked if m in state.providers], decision
 
 
 def _upstream_request(body: ChatCompletionRequest, messages: list[dict], model: str) -> ChatRequest:
@@ -125,16 +127,17 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, tenant
     state = request.app.state
     prompt = routing_prompt(body.messages)
     bundle = state.bundles.current  # one bundle for the whole request, whatever a reload does meanwhile
-    models, decision = _candidates(body, state, bundle, prompt, tenant)
-    if not models:
+    input_tokens = count_tokens(prompt)  # once: routing and the budget reservation both need it
+    ranked, decision = _candidates(body, state, bundle, prompt, input_tokens, tenant)
+    if not ranked:
         raise APIError(503, "no provider serves any model the policy allows")
-    cache_scope = _cache_scope(state, tenant, body)
+    messages = [m.model_dump(exclude_none=True) for m in body.messages]
+    cache_scope = _cache_scope(state, tenant, body, messages)
     if cache_scope is not None and (hit := state.cache.lookup(*cache_scope)) is not None:
         return _cached_answer(state, hit, prompt, bundle, decision, tenant)
-    admission = _admit(state, tenant, body, models, decision, prompt)
+    admission = _admit(state, tenant, body, ranked[:MAX_ATTEMPTS], decision, input_tokens, ranked)
     models = admission.models
     call_id = uuid.uuid4().hex
-    messages = [m.model_dump(exclude_none=True) for m in body.messages]
     base = {"call_id": call_id, "prompt": prompt, "routed": decision is not None,
             "bundle_version": bundle.version, "tenant": tenant.name if tenant is not None else None,
             "messages": messages}  # JSON-encoded by the call log's writer thread, off the hot path
@@ -170,7 +173,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, tenant
     return JSONResponse(payload, headers=_headers(model, cost, call_id))
 
 
-def _cache_scope(state, tenant, body: ChatCompletionRequest) -> tuple | None:
+def _cache_scope(state, tenant, body: ChatCompletionRequest, messages: list[dict]) -> tuple | None:
     """(tenant, messages, model or policy, sampling): what a cached answer must match; None when not cached
     (no cache, or a streamed request)."""
     if state.cache is None or body.stream:
@@ -178,7 +181,7 @@ def _cache_scope(state, tenant, body: ChatCompletionRequest) -> tuple | None:
     policy = body.router_ml.model_dump(exclude_none=True) if body.router_ml is not None else None
     sampling = {"temperature": body.temperature, "top_p": body.top_p, "max_tokens": body.max_tokens,
                 "stop": body.stop, "tools": body.tools, "tool_choice": body.tool_choice}
-    return (tenant.name if tenant is not None else "", [m.model_dump(exclude_none=True) for m in body.messages],
+    return (tenant.name if tenant is not None else "", messages,
             {"model": body.model, "policy": policy}, sampling)
 
 
@@ -198,14 +201,12 @@ def _cached_answer(state, hit, prompt: str, bundle, decision: dict | None, tenan
 
 
 def _admit(state, tenant, body: ChatCompletionRequest, models: list[str], decision: dict | None,
-           prompt: str) -> Admission:
-    """The tenant's rate limits and budget for this call (:mod:`router_ml.serve.spending`); 429 when over."""
+           input_tokens: int, ranked: list[str]) -> Admission:
+    """The tenant's rate limits and budget for this call (:mod:`router_ml.serve.spending`); 429 when over. A routed
+    call over budget may degrade to the first of ``ranked`` (every allowed model, best first) that fits."""
     if tenant is None or state.limits is None:
         return Admission(models)
-    input_tokens = count_tokens(prompt)
-    fallbacks = [] if decision is None else [  # degrade to the best allowed model that fits, for a routed call
-        p["model"] for p in sorted(decision["predicted"], key=lambda p: (-p["quality"], p["cost_usd"]))
-        if p["allowed"] and p["model"] in state.providers]
+    fallbacks = ranked if decision is not None else []
     try:
         check_rates(state.limits, tenant, input_tokens, body.max_tokens)
         return admit(state.limits, tenant, models, fallbacks, input_tokens, body.max_tokens)
