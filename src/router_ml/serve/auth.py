@@ -14,6 +14,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from router_ml.serve.analytics import Scope
 from router_ml.serve.errors import APIError
 from router_ml.serve.policy import Policy
 from router_ml.serve.tenants import Tenant
@@ -56,6 +57,28 @@ async def require_admin(request: Request) -> None:
                             "'Authorization: Bearer <admin key>'")
     if not hmac.compare_digest((_bearer(request) or "").encode(), admin_key.encode()):
         raise APIError(403, "admin endpoints need the admin key (ROUTER_ML_ADMIN_KEY) as 'Authorization: Bearer'")
+
+
+async def viewer(request: Request) -> Scope:
+    """FastAPI dependency of the analytics API: the admin key sees every tenant, a tenant's key its own tenant
+    only (a ``tenant`` query naming another one is 403); without auth (library use) everything is visible."""
+    asked = request.query_params.get("tenant") or None
+    model = request.query_params.get("model") or None
+    admin_key = request.app.state.admin_key
+    if request.app.state.tenants is None and admin_key is None:
+        return Scope(tenant=asked, admin=True, model=model)
+    key = _bearer(request)
+    if admin_key is not None and key is not None and hmac.compare_digest(key.encode(), admin_key.encode()):
+        return Scope(tenant=asked, admin=True, model=model)
+    tenant = await caller(request)
+    if tenant is None:  # no tenant store, but an admin key: only the admin reads
+        raise APIError(401, "analytics need the admin key (ROUTER_ML_ADMIN_KEY) as 'Authorization: Bearer'")
+    if asked is not None and asked != tenant.name:
+        raise APIError(403, f"this key reads tenant {tenant.name!r} only, not {asked!r}", param="tenant")
+    return Scope(tenant=tenant.name, admin=False, model=model)
+
+
+Viewer = Annotated[Scope, Depends(viewer)]
 
 
 def check_model(tenant: Tenant | None, model: str, param: str = "model") -> None:
