@@ -6,8 +6,10 @@ STAMP := $(VENV)/.installed-stamp
 # The public datasets mirror, when this checkout sits beside one (as in CI).
 MIRROR ?= $(wildcard ../shared/datasets)
 PARAPHRASE_MIRROR ?= $(wildcard ../shared/paraphrase)
+TRACES_MIRROR ?= $(wildcard ../shared/traces)
 MIRROR_ENV := $(if $(MIRROR),ROUTER_ML_DATA_MIRROR=$(abspath $(MIRROR))) \
-	$(if $(PARAPHRASE_MIRROR),ROUTER_ML_PARAPHRASE_MIRROR=$(abspath $(PARAPHRASE_MIRROR)))
+	$(if $(PARAPHRASE_MIRROR),ROUTER_ML_PARAPHRASE_MIRROR=$(abspath $(PARAPHRASE_MIRROR))) \
+	$(if $(TRACES_MIRROR),ROUTER_ML_TRACES_MIRROR=$(abspath $(TRACES_MIRROR)))
 
 .PHONY: install run data test bench bench-gateway default-bundle clean
 
@@ -21,9 +23,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-# The gateway on the default bundle with the offline replay provider (builds the outcomes table first if missing).
+# The gateway on the default bundle with the offline replay provider (builds the outcomes table first if missing),
+# with one real prompt per second of demo traffic for the dashboard.
 run: install data/outcomes.parquet
-	$(MIRROR_ENV) $(BIN)/router-ml serve
+	$(MIRROR_ENV) $(BIN)/router-ml serve --demo-traffic 1
 
 # Rebuild the outcomes table from the pinned public datasets.
 data: install
@@ -32,13 +35,14 @@ data: install
 test: install
 	$(MIRROR_ENV) $(BIN)/python -m pytest
 
-# Benchmarks: routing quality (four tracks), decision latency, the semantic cache and output lengths; results, REPORT.md and PNGs in benchmarks/results/.
+# Benchmarks: routing quality (four tracks), decision latency, the semantic cache, output lengths and usage forecasts; results, REPORT.md and PNGs in benchmarks/results/.
 bench: install data/outcomes.parquet
 	@start=$$(date +%s); \
 	$(MIRROR_ENV) $(BIN)/python benchmarks/routing_quality.py && \
 	$(MIRROR_ENV) $(BIN)/python benchmarks/decision_latency.py && \
 	$(MIRROR_ENV) $(BIN)/python benchmarks/semantic_cache.py && \
 	$(MIRROR_ENV) $(BIN)/python benchmarks/output_length.py && \
+	$(MIRROR_ENV) $(BIN)/python benchmarks/forecast.py && \
 	echo "make bench: $$(( $$(date +%s) - start )) s in all"
 
 # Gateway latency over a loopback 50 ms upstream, next to the LiteLLM proxy (results and PNG in benchmarks/results/).

@@ -1,9 +1,11 @@
 """Output-length prediction per model (router_ml.output_length) against real answer lengths.
 
 Rows: outcomes with a recorded answer length (output_tokens, counted from the response texts), at most
---rows of them (sampled with a fixed seed). Split by duplicate group: 80% to fit, 20% held out. Features:
-the serving featurizer (static encoder, head and tail views, surface statistics). Reported per source on
-the held-out rows, against the per-model median length of the fit rows:
+--rows of them (sampled with a fixed seed). Split by duplicate group: 20% held out for the test, and of the
+rest 20% for validation, where the ridge penalty is chosen and the upper bound calibrated, as `router-ml
+train` does (router_ml.output_length.fit_on_validation). Features: the serving featurizer (static encoder,
+head and tail views, surface statistics). Reported per source on the held-out rows, against the per-model
+median length of the fit and validation rows:
 
 - MAE and median absolute error in tokens;
 - share of predictions within a factor of 2 of the real length (both +1, so 0 and 1 tokens compare);
@@ -26,7 +28,7 @@ import polars as pl
 from router_ml.config import PROJECT_ROOT, get_settings
 from router_ml.embed import StaticEncoder
 from router_ml.features import PromptFeaturizer
-from router_ml.output_length import OutputLengthPredictor
+from router_ml.output_length import fit_on_validation
 from router_ml.split import group_holdout
 
 RESULTS = PROJECT_ROOT / "benchmarks" / "results"
@@ -59,7 +61,10 @@ def main() -> None:
     features = featurize(unique)
     X = features[[{p: i for i, p in enumerate(unique)}[p] for p in prompts]]
     models, tokens = np.array(table["model"].to_list()), table["output_tokens"].to_numpy().astype(float)
-    predictor = OutputLengthPredictor().fit(X[fit_idx], models[fit_idx], tokens[fit_idx])
+    groups = np.array(table["group_id"].to_list())
+    train_idx, val_idx = (fit_idx[part] for part in group_holdout(groups[fit_idx].tolist(), 0.2, seed=1))
+    predictor, choice = fit_on_validation(X[train_idx], models[train_idx], tokens[train_idx],
+                                          X[val_idx], models[val_idx], tokens[val_idx])
     medians = {m: float(np.median(tokens[fit_idx][models[fit_idx] == m])) for m in np.unique(models[fit_idx])}
     overall = float(np.median(tokens[fit_idx]))
     predicted, upper, baseline = (np.empty(len(test_idx)) for _ in range(3))
@@ -70,7 +75,8 @@ def main() -> None:
         baseline[rows] = medians.get(model, overall)
     sources = np.array(table["source"].to_list())[test_idx]
     real = tokens[test_idx]
-    report = {"rows": {"fit": int(len(fit_idx)), "held_out": int(len(test_idx))}, "by_source": {}}
+    report = {"rows": {"fit": int(len(train_idx)), "validation": int(len(val_idx)), "held_out": int(len(test_idx))},
+              "choice": choice, "by_source": {}}
     for source in ["all", *sorted(set(sources))]:
         rows = np.ones(len(real), bool) if source == "all" else sources == source
         report["by_source"][source] = {"predictor": metrics(real[rows], predicted[rows], upper[rows]),

@@ -192,3 +192,32 @@ def test_bad_ranges_name_the_parameter(gateway):
     assert bad.status_code == 400 and "before end" in bad.json()["error"]["message"]
     bad = _get(app, "/v1/analytics/usage", ADMIN, start="2020-01-01T00:00:00Z", end="2026-01-01T00:00:00Z")
     assert bad.status_code == 400 and "buckets" in bad.json()["error"]["message"]
+
+
+def test_forecast_follows_the_logged_days_and_warns_before_a_budget_runs_out(gateway):
+    app, keys, frame, _ = gateway
+    admin = _get(app, "/v1/analytics/forecast", ADMIN, horizon=30).json()
+    daily = (frame.with_columns(pl.col("ts").dt.date().alias("day"))
+             .group_by("day").len().sort("day"))
+    logged = {row["day"]: row["requests"] for row in admin["history"] if row["requests"]}
+    assert logged == {d.isoformat(): n for d, n in daily.iter_rows()}
+    assert len(admin["forecast"]) == 30 and admin["budgets"] == [] and admin["method"]
+    first = datetime.fromisoformat(admin["forecast"][0]["day"]).date()
+    assert first == datetime.now(UTC).date()  # the history ends yesterday: the forecast starts today
+    for day in admin["forecast"]:
+        for metric in ("requests", "tokens", "spend_usd"):
+            assert 0 <= day[f"{metric}_lo"] <= day[metric] <= day[f"{metric}_hi"]
+    assert admin["next_7_days"]["requests"] == pytest.approx(sum(d["requests"] for d in admin["forecast"][:7]))
+
+    mine = _get(app, "/v1/analytics/forecast", keys["small"]).json()
+    assert mine["scope"] == {"tenant": "small", "admin": False} and mine["budgets"] == []
+    assert sum(r["requests"] for r in mine["history"]) == frame.filter(pl.col("tenant") == "small").height
+    assert _get(app, "/v1/analytics/forecast", keys["small"], tenant="big").status_code == 403
+
+    app.state.tenants.update_tenant("small", budget_usd_month=1e-9, budget_usd_day=1000.0)
+    warned = _get(app, "/v1/analytics/forecast", keys["small"]).json()
+    month, = (b for b in warned["budgets"] if b["period"] == "month")
+    day, = (b for b in warned["budgets"] if b["period"] == "day")
+    assert month["runs_out"] and month["projected_usd"] > 1e-9 and month["runs_out_on"] is not None
+    assert not day["runs_out"] and day["warning"] is None
+    assert warned["warnings"] == [month["warning"]] and "monthly budget" in month["warning"]

@@ -6,7 +6,8 @@
   encoder id and a fingerprint of its output, the model catalog with prices, the
   router class and its hyper-parameters, the calibrated policy, checksums of the
   training data and the evaluation metrics;
-- ``predictors.joblib``: the fitted quality router and cost predictor.
+- ``predictors.joblib``: the fitted quality router, cost predictor and, when the training data recorded answer
+  lengths, the output-length predictor (:mod:`router_ml.output_length`; None otherwise).
 
 The encoder itself is referenced by id, not copied: the static encoder is distilled
 locally by ``router-ml encoders build-static`` (tens of MB), and the fingerprint makes
@@ -81,6 +82,7 @@ class Bundle:
     router: object
     cost: object
     encoder: object = field(repr=False, default=None)
+    lengths: object = None  # OutputLengthPredictor, or None (a bundle trained without answer lengths)
 
     @property
     def models(self) -> list[str]:
@@ -98,6 +100,16 @@ class Bundle:
         """(predicted quality, predicted cost), each (prompts x models)."""
         X = self.featurizer.transform(prompts)
         return self.router.predict(X), self.cost.predict(input_tokens)
+
+    def predict_with_lengths(self, prompt: str, input_tokens: int) -> tuple[np.ndarray, np.ndarray, tuple | None]:
+        """One prompt's (quality, cost, lengths) per model, the features computed once; ``lengths`` is (expected,
+        upper) output tokens per model, or None for a bundle without a length predictor."""
+        X = self.featurizer.transform([prompt])
+        lengths = None
+        if self.lengths is not None:
+            expected, upper = self.lengths.predict_models(X, self.models)
+            lengths = (expected[0], upper[0])
+        return self.router.predict(X)[0], self.cost.predict([input_tokens])[0], lengths
 
     def decide(self, quality: np.ndarray, cost: np.ndarray, lam: float | None = None,
                threshold: float | None = None) -> np.ndarray:
@@ -122,12 +134,12 @@ def json_safe(value):
     return value
 
 
-def save_bundle(directory: Path, meta: dict, router, cost) -> dict:
+def save_bundle(directory: Path, meta: dict, router, cost, lengths=None) -> dict:
     """Write a bundle and return its metadata, completed with the format version, a content version
     (name and checksum of the predictors) and the save time, as written (JSON types: lists, not tuples)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    joblib.dump({"router": router, "cost": cost}, directory / PREDICTORS_FILE, compress=3)
+    joblib.dump({"router": router, "cost": cost, "lengths": lengths}, directory / PREDICTORS_FILE, compress=3)
     meta = {"format_version": FORMAT_VERSION, **meta}
     meta["predictors_sha256"] = file_sha256(directory / PREDICTORS_FILE)
     meta["version"] = f"{meta['name']}-{meta['predictors_sha256'][:12]}"
@@ -153,4 +165,4 @@ def load_bundle(directory: Path, encoder=None, static_dir: Path | None = None) -
         raise BundleError(f"the local encoder {meta['encoder']['id']} gives other vectors than the one {directory} "
                           "was trained with: retrain the bundle or rebuild the encoder")
     predictors = joblib.load(directory / PREDICTORS_FILE)
-    return Bundle(meta, predictors["router"], predictors["cost"], encoder)
+    return Bundle(meta, predictors["router"], predictors["cost"], encoder, predictors.get("lengths"))

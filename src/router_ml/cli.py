@@ -374,15 +374,17 @@ def serve_command(
     provider: Annotated[Optional[str], typer.Option(help="replay (offline, recorded answers) or openai "
                                                          "(default: $ROUTER_ML_PROVIDER, replay).")] = None,
     replay_speed: Annotated[Optional[float], typer.Option(help="Replay latency multiplier (0: no delay).")] = None,
+    demo_traffic: Annotated[float, typer.Option(help="Send this many real prompts per second through the gateway "
+                                                     "as the demo tenant (what `make run` shows on the dashboard); "
+                                                     "0: none.")] = 0.0,
 ) -> None:
-    """Serve the OpenAI-compatible gateway: /v1/chat/completions, /v1/route, /v1/models, /healthz, /readyz."""
+    """Serve the OpenAI-compatible gateway: /v1/chat/completions, /v1/route, /v1/models, /v1/analytics, /dashboard,
+    /metrics, /healthz, /readyz."""
     import os
 
     from router_ml.serve.main import use_serving_threads
 
     use_serving_threads()  # before anything here loads numpy; spawned workers inherit it
-    import uvicorn
-
     for name, value in (("BUNDLE", bundle), ("PROVIDER", provider), ("REPLAY_SPEED", replay_speed)):
         if value is not None:
             os.environ[f"ROUTER_ML_{name}"] = str(value)
@@ -404,6 +406,49 @@ def serve_command(
                   "  reply = client.chat.completions.create(model=\"router-ml/auto\", "
                   "messages=[{\"role\": \"user\", \"content\": \"What is 17 * 23?\"}])\n"
                   "  print(reply.model, reply.choices[0].message.content)\n", markup=False, soft_wrap=True)
+    traffic = _start_demo_traffic(settings, url, demo_traffic) if demo_traffic > 0 else None
+    try:
+        _serve(host, port, workers, settings)
+    finally:
+        if traffic is not None:
+            _stop_demo_traffic(settings, traffic)
+
+
+def _start_demo_traffic(settings, url: str, rate: float):
+    """Demo traffic with a key of its own (revoked at exit), printed as the dashboard's link."""
+    from router_ml.serve.demo_traffic import DemoTraffic, demo_prompts
+    from router_ml.serve.tenants import TenantStore
+
+    store = TenantStore(settings.store_url)
+    try:
+        if store.get_tenant(DEMO_TENANT) is None:
+            console.print(f"no demo traffic: there is no tenant {DEMO_TENANT!r} in this store", markup=False)
+            return None
+        key = store.issue_key(DEMO_TENANT)
+    finally:
+        store.close()
+    console.print(f"demo traffic: {rate:g} real prompt(s) per second as tenant {DEMO_TENANT!r}; watch it on the "
+                  f"dashboard (this link's key is revoked when the server stops):\n  {url}/dashboard#key={key}\n",
+                  markup=False, soft_wrap=True)
+    return DemoTraffic(url, key, demo_prompts(settings.outcomes_path), rate).start()
+
+
+def _stop_demo_traffic(settings, traffic) -> None:
+    from router_ml.serve.tenants import SHOWN_CHARS, TenantStore
+
+    traffic.stop.set()
+    store = TenantStore(settings.store_url)
+    try:
+        store.revoke_key(DEMO_TENANT, traffic.key[:SHOWN_CHARS])
+    finally:
+        store.close()
+    console.print(f"demo traffic: {traffic.sent} request(s) sent, {traffic.failed} failed; its key is revoked",
+                  markup=False)
+
+
+def _serve(host: str, port: int, workers: int, settings) -> None:
+    import uvicorn
+
     if workers > 1:
         from router_ml.serve.workers import serve
 
@@ -600,6 +645,54 @@ def _print_summary(table: pl.DataFrame, report, reproduction: pl.DataFrame) -> N
     console.print(f"\n{table['prompt'].n_unique():,} distinct prompts in {groups:,} duplicate groups")
     _print_frame("Duplicate groups spanning sources", duplicate_summary(table))
     _print_reproduction_verdict(reproduction)
+
+
+
+@app.command("forecast")
+@_clear_errors
+def forecast_command(
+    tenant: Annotated[Optional[str], typer.Option("--tenant", help="Forecast this tenant only.")] = None,
+    horizon: Annotated[int, typer.Option("--horizon", min=1, help="Days ahead.")] = 30,
+    level: Annotated[float, typer.Option("--level", min=0.01, max=0.99, help="Prediction interval level.")] = 0.8,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON: per tenant, every day's forecast.")] = False,
+    store_url: StoreUrlOption = None,
+) -> None:
+    """Each tenant's requests, tokens and spend over the next 7 and --horizon days, from its daily usage in the
+    call log (router_ml.forecast; today's partial day is left out when earlier days exist)."""
+    import json
+    from datetime import UTC, datetime
+
+    from router_ml.forecast import METRICS, daily_usage, forecast_usage
+
+    usage = daily_usage(store_url or get_settings().store_url, tenant=tenant)
+    if usage.height == 0:
+        raise ValueError(f"no calls{f' of tenant {tenant!r}' if tenant else ''} in the call log")
+    today = datetime.now(UTC).date()
+    periods = sorted({min(7, horizon), horizon})
+    report = {}
+    for (name,), history in usage.group_by("tenant", maintain_order=True):
+        if history.height > 1 and history["day"].max() == today:
+            history = history.filter(pl.col("day") < today)
+        future = forecast_usage(history.drop("tenant"), horizon=horizon, level=level)
+        totals = {str(n): {c: float(future.head(n)[c].sum()) for c in future.columns if c not in ("day", "method")}
+                  for n in periods}
+        report[name] = {"history_days": history.height, "last_day": str(history["day"].max()),
+                        "method": future["method"][0], "totals": totals,
+                        "daily": [{**row, "day": str(row["day"])} for row in future.drop("method").iter_rows(named=True)]}
+    if as_json:
+        typer.echo(json.dumps({"level": level, "horizon": horizon, "tenants": report}, indent=2))
+        return
+    table = Table(title=f"Forecast usage ({level:.0%} intervals: sums of the daily bounds)", title_justify="left")
+    for column in ("tenant", "history", "days ahead", *METRICS):
+        table.add_column(column, justify="left" if column == "tenant" else "right")
+    for name, r in report.items():
+        for n, t in r["totals"].items():
+            cells = [f"{t[m]:,.{2 if m == 'spend_usd' else 0}f} [{t[m + '_lo']:,.{2 if m == 'spend_usd' else 0}f}"
+                     f"-{t[m + '_hi']:,.{2 if m == 'spend_usd' else 0}f}]" for m in METRICS]
+            table.add_row(name or "(no tenant)", f"{r['history_days']} d to {r['last_day']}", n, *cells)
+    console.print(table)
+    for name, r in report.items():
+        console.print(f"{name or '(no tenant)'}: {r['method']}")
 
 
 if __name__ == "__main__":

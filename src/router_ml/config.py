@@ -30,6 +30,10 @@ class Settings(BaseSettings):
     """Pinned labeled paraphrase pairs (PAWS-Wiki), for the semantic cache benchmark."""
     paraphrase_mirror: Path | None = None
     """A local directory laid out like shared/paraphrase; read instead of downloading."""
+    traces_manifest: Path = PROJECT_ROOT / "datasets" / "traces.tsv"
+    """Pinned real usage traces (ServeGen, BurstGPT), for the usage-forecast backtest."""
+    traces_mirror: Path | None = None
+    """A local directory laid out like shared/traces; read instead of downloading."""
     outcomes_path: Path = PROJECT_ROOT / "data" / "outcomes.parquet"
     github_raw_base: str = "https://raw.githubusercontent.com"
     bundle: Path = PROJECT_ROOT / "models" / "default"

@@ -24,6 +24,7 @@ import polars as pl
 
 from router_ml.label import OutcomeMatrix, outcome_matrix
 from router_ml.progress import Progress
+from router_ml.output_length import OutputLengthPredictor, fit_on_validation
 from router_ml.routers.cost import CostPredictor
 from router_ml.split import group_holdout
 
@@ -267,6 +268,25 @@ def fit_cost(data: Dataset) -> CostPredictor:
     return CostPredictor().fit(data.input_tokens, data.matrix.cost)
 
 
+def _length_rows(rows: pl.DataFrame, data: Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(features, model, output tokens) of each outcome of ``data``'s prompts with a recorded answer length."""
+    index = data.matrix.prompts.select("prompt_id").with_row_index("row")
+    known = (rows.filter(pl.col("output_tokens").is_not_null()).select("prompt_id", "model", "output_tokens")
+             .join(index, on="prompt_id", how="inner"))
+    return (data.X[known["row"].to_numpy()], np.asarray(known["model"].to_list()),
+            known["output_tokens"].to_numpy().astype(float))
+
+
+def fit_lengths(rows: pl.DataFrame, fit: Dataset, val: Dataset) -> tuple[OutputLengthPredictor | None, dict]:
+    """Each model's answer length from the prompt (for the gateway's pre-call cost estimate and budget
+    reservation), tuned and calibrated on validation; None when the data records no answer lengths."""
+    X_fit, m_fit, y_fit = _length_rows(rows, fit)
+    X_val, m_val, y_val = _length_rows(rows, val)
+    if len(y_fit) == 0 or len(y_val) == 0:
+        return None, {"note": "no answer lengths in the fit or validation outcomes"}
+    return fit_on_validation(X_fit, m_fit, y_fit, X_val, m_val, y_val)
+
+
 def catalog(models: list[str]) -> list[dict]:
     """Each model with its list prices (USD per million tokens), as priced for the outcomes table."""
     from router_ml.pricing import UnknownModelError, price_of
@@ -439,7 +459,9 @@ def run(config: TrainConfig, outcomes: pl.DataFrame, encoder, out_dir: Path, pro
                          f"{len(test) - test_complete} of the {len(test)} test prompts lack an outcome for some "
                          f"model of the pool (per prompt: {_models_per_prompt(test)}); a curve needs every "
                          "model's outcome")
+    lengths, length_report = fit_lengths(rows, fit, val)
     meta = bundle_meta(config, encoder, models, kind, router, params, tried, calibration, (fit, val, test),
                        rows.height, selection, data_checksums or {}, scored["metrics"] if scored else {}, notes)
-    meta = save_bundle(out_dir, meta, router, cost)
+    meta["output_lengths"] = length_report
+    meta = save_bundle(out_dir, meta, router, cost, lengths)
     return TrainResult(Path(out_dir), meta, router, cost, scored, notes)

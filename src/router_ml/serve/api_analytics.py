@@ -62,36 +62,66 @@ async def usage(request: Request, scope: Viewer, start: str | None = None, end: 
 async def forecast(request: Request, scope: Viewer, horizon: int = Query(30, ge=1, le=90),
                    history_days: int = Query(56, ge=1, le=366)):
     store = _store(request)
+    tenants = request.app.state.tenants
 
     def outlook() -> dict:
-        from router_ml.forecast import daily_usage, forecast_usage  # offline code: loaded on first use
-
         store.flush(timeout=FLUSH_TIMEOUT_S)
-        today = datetime.now(UTC).date()
-        daily = daily_usage(store.engine, tenant=scope.tenant, days=history_days, until=today)
-        predicted = forecast_usage(daily.drop("tenant"), horizon=horizon)
-        tenant = request.app.state.tenants.get_tenant(scope.tenant) if (
-            scope.tenant is not None and request.app.state.tenants is not None) else None
-        budgets = budget_outlook.budgets(tenant, store, predicted, today) if tenant is not None else []
-        return {"scope": {"tenant": scope.tenant, "admin": scope.admin},
-                "method": predicted["method"][0] if predicted.height else None,
-                "note": _history_note(daily, today),
-                "history": [{**row, "day": row["day"].isoformat()} for row in
-                            daily.select("day", "requests", "tokens", "spend_usd").to_dicts()],
-                "forecast": [{**row, "day": row["day"].isoformat()} for row in
-                             predicted.drop("method").to_dicts()],
-                "next_7_days": budget_outlook.total(predicted, 7),
-                "next_30_days": budget_outlook.total(predicted, 30),
-                "budgets": budgets,
-                "warnings": [b["warning"] for b in budgets if b["runs_out"]]}
+        now = datetime.now(UTC)
+        history, note = usage_history(store.engine, scope.tenant, history_days, now)
+        out = {"scope": {"tenant": scope.tenant, "admin": scope.admin}, "method": None, "note": note,
+               "history": [{**row, "day": row["day"].isoformat()} for row in history.to_dicts()],
+               "forecast": [], "next_7_days": None, "next_30_days": None, "budgets": [], "warnings": []}
+        if history.height == 0:
+            return out
+        from router_ml.forecast import forecast_usage  # offline code: loaded on first use
+
+        predicted = forecast_usage(history, horizon=horizon)
+        tenant = tenants.get_tenant(scope.tenant) if scope.tenant is not None and tenants is not None else None
+        budgets = budget_outlook.budgets(tenant, store, predicted, now.date(), now) if tenant is not None else []
+        out.update(method=predicted["method"][0],
+                   forecast=[{**row, "day": row["day"].isoformat()} for row in predicted.drop("method").to_dicts()],
+                   next_7_days=budget_outlook.total(predicted, 7), next_30_days=budget_outlook.total(predicted, 30),
+                   budgets=budgets, warnings=[b["warning"] for b in budgets if b["runs_out"]])
+        return out
 
     return await asyncio.to_thread(outlook)
 
 
-def _history_note(daily, today: date) -> str | None:
-    active = daily.filter(daily["requests"] > 0)
-    if active.height == 0:
-        return "no calls logged yet: the forecast is zero until traffic arrives"
-    first = active["day"].min()
-    days = (today - first + timedelta(days=1)).days
-    return f"{days} day(s) of history: too short for a weekly pattern, a level forecast" if days < 14 else None
+def usage_history(engine, tenant: str | None, days: int, now: datetime):
+    """(daily requests, tokens and spend up to yesterday, a note on how it was made): the history a forecast
+    starting today needs. Today's partial day counts only for a tenant whose calls all came today: then its
+    rate since its first call, scaled to a day, stands for yesterday (said in the note)."""
+    import polars as pl
+
+    from router_ml.forecast import daily_usage
+
+    today = now.date()
+    daily = daily_usage(engine, tenant=tenant, days=days + 1, until=today)
+    if daily.height == 0:
+        return daily.drop("tenant"), "no calls logged yet: no forecast until traffic arrives"
+    daily = (daily.group_by("day").agg(pl.col("requests", "tokens", "spend_usd").sum()).sort("day")
+             .filter(pl.col("day") <= today))
+    if daily["day"].min() < today:
+        history = daily.filter(pl.col("day") < today)
+        return history, (f"{history.height} day(s) of history: too short for a weekly pattern"
+                         if history.height < 14 else None)
+    first = _first_call(engine, tenant, today)
+    hours = max((now - first).total_seconds() / 3600, 1 / 60)
+    scale = min(24.0 / hours, 24.0 * 60)
+    history = daily.select(pl.lit(today - timedelta(days=1)).alias("day"),
+                           *(pl.col(m).cast(pl.Float64) * scale for m in ("requests", "tokens", "spend_usd")))
+    return history, (f"all calls came today: the forecast extrapolates the last {hours:.1f} hour(s) to whole days; "
+                     "it firms up after the first full day")
+
+
+def _first_call(engine, tenant: str | None, today: date) -> datetime:
+    import sqlalchemy as sa
+
+    from router_ml.serve.store import calls
+
+    query = sa.select(sa.func.min(calls.c.ts)).where(calls.c.ts >= datetime.combine(today, datetime.min.time(), UTC))
+    if tenant is not None:
+        query = query.where(calls.c.tenant == tenant)
+    with engine.connect() as conn:
+        first = conn.execute(query).scalar_one()
+    return first if first.tzinfo is not None else first.replace(tzinfo=UTC)

@@ -14,6 +14,7 @@ import logging
 import time
 import uuid
 
+import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
@@ -91,6 +92,7 @@ def _log_failure(state, base: dict, model: str, exc: ProviderError, started: flo
 def _log(state, **call) -> None:
     """Hand the call to the call log. An 'ok' call of a model without a price is logged at cost 0 with
     the flag 'unpriced'. A row the log rejects is counted and reported, never allowed to fail the answer."""
+    state.metrics.observe_call(call)
     if state.store is None:
         return
     call.setdefault("task", "chat")
@@ -135,7 +137,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, tenant
     cache_scope = _cache_scope(state, tenant, body, messages)
     if cache_scope is not None and (hit := state.cache.lookup(*cache_scope)) is not None:
         return _cached_answer(state, hit, prompt, bundle, decision, tenant)
-    admission = _admit(state, tenant, body, ranked[:MAX_ATTEMPTS], decision, input_tokens, ranked)
+    admission = _admit(state, tenant, body, ranked[:MAX_ATTEMPTS], decision, input_tokens, ranked, bundle, prompt)
     models = admission.models
     call_id = uuid.uuid4().hex
     base = {"call_id": call_id, "prompt": prompt, "routed": decision is not None,
@@ -200,16 +202,32 @@ def _cached_answer(state, hit, prompt: str, bundle, decision: dict | None, tenan
     return JSONResponse(payload, headers={**_headers(payload["model"], 0.0, call_id), "x-router-ml-cache": hit.kind})
 
 
+def _output_bounds(tenant, body: ChatCompletionRequest, decision: dict | None, bundle, prompt: str,
+                   input_tokens: int) -> dict[str, int] | None:
+    """Each model's predicted upper bound on the answer's length, which a request without ``max_tokens`` reserves;
+    None when it sets one, the tenant has no budget or token limit, or the bundle has no length predictor."""
+    if body.max_tokens is not None or bundle.lengths is None:
+        return None
+    if decision is None:
+        limited = (tenant.budget_usd_day, tenant.budget_usd_month, tenant.tpm, tenant.key_tpm)
+        if all(limit is None for limit in limited):
+            return None  # a pass-through call with nothing to reserve skips the prediction
+        _, _, lengths = bundle.predict_with_lengths(prompt, input_tokens)
+        return {m: int(np.ceil(upper)) for m, upper in zip(bundle.models, lengths[1])}
+    return {p["model"]: p["max_output_tokens"] for p in decision["predicted"]}
+
+
 def _admit(state, tenant, body: ChatCompletionRequest, models: list[str], decision: dict | None,
-           input_tokens: int, ranked: list[str]) -> Admission:
+           input_tokens: int, ranked: list[str], bundle, prompt: str) -> Admission:
     """The tenant's rate limits and budget for this call (:mod:`router_ml.serve.spending`); 429 when over. A routed
     call over budget may degrade to the first of ``ranked`` (every allowed model, best first) that fits."""
     if tenant is None or state.limits is None:
         return Admission(models)
     fallbacks = ranked if decision is not None else []
+    bounds = _output_bounds(tenant, body, decision, bundle, prompt, input_tokens)
     try:
-        check_rates(state.limits, tenant, input_tokens, body.max_tokens)
-        return admit(state.limits, tenant, models, fallbacks, input_tokens, body.max_tokens)
+        check_rates(state.limits, tenant, input_tokens, body.max_tokens, models, bounds)
+        return admit(state.limits, tenant, models, fallbacks, input_tokens, body.max_tokens, bounds)
     except RateLimited as exc:
         raise APIError(429, str(exc), headers={"retry-after": str(max(1, round(exc.retry_after)))}) from exc
     except OverBudget as exc:

@@ -6,7 +6,9 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
-from router_ml.serve import api_admin, api_chat, api_feedback, api_meta, api_route, errors
+from router_ml.serve import (api_admin, api_analytics, api_chat, api_dashboard, api_feedback, api_meta, api_metrics,
+                              api_route, errors)
+from router_ml.serve.metrics import Metrics, RequestMetrics
 from router_ml.serve.state import BundleHolder
 
 
@@ -33,7 +35,9 @@ def create_app(bundle_dir: Path, providers: dict, store=None, encoder=None,
     app.state.limits = limits
     app.state.cache = cache
     app.state.log_rejects = 0  # calls the call log refused (each also logged as an error)
+    app.state.metrics = Metrics(app.state.providers, app.state.bundles)
+    app.add_middleware(RequestMetrics, metrics=app.state.metrics, routes=app.routes)  # outermost: counts 413s
     errors.install(app)
-    for area in (api_meta, api_route, api_chat, api_feedback, api_admin):
+    for area in (api_meta, api_route, api_chat, api_feedback, api_admin, api_analytics, api_metrics, api_dashboard):
         app.include_router(area.router)
     return app

@@ -20,6 +20,8 @@ import time
 import numpy as np
 from pydantic import BaseModel, Field
 
+from router_ml.pricing import UnknownModelError, cost_usd
+
 AUTO = "router-ml/auto"
 
 
@@ -43,11 +45,17 @@ def parse_auto_model(name: str) -> Policy | None:
     return Policy(**fields)
 
 
+def _priced(model: str, input_tokens: int, output_tokens: int) -> float | None:
+    try:
+        return cost_usd(model, input_tokens, output_tokens)
+    except UnknownModelError:
+        return None
+
+
 def decide(bundle, prompt: str, input_tokens: int, policy: Policy) -> dict:
     """The routing decision for one prompt: chosen model, per-model predictions and decision time."""
     started = time.perf_counter()
-    quality, cost = bundle.predict([prompt], [input_tokens])
-    quality, cost = quality[0], cost[0]
+    quality, cost, lengths = bundle.predict_with_lengths(prompt, input_tokens)
     allowed = np.ones(len(bundle.models), dtype=bool)
     if policy.models is not None:
         unknown = sorted(set(policy.models) - set(bundle.models))
@@ -68,10 +76,15 @@ def decide(bundle, prompt: str, input_tokens: int, policy: Policy) -> dict:
         score = np.where(allowed, quality - lam * cost, -np.inf)
         top = score >= score.max() - 1e-12
         choice = int(np.where(top, cost, np.inf).argmin())
+    predicted = [{"model": m, "quality": float(q), "cost_usd": float(c), "allowed": bool(a)}
+                 for m, q, c, a in zip(bundle.models, quality, cost, allowed)]
+    if lengths is not None:  # the answer's expected length, its priced estimate, and the bound a reservation holds
+        for row, expected, upper in zip(predicted, *lengths):
+            row["output_tokens"], row["max_output_tokens"] = round(float(expected), 1), int(np.ceil(upper))
+            row["estimated_cost_usd"] = _priced(row["model"], input_tokens, round(float(expected)))
     return {
         "model": bundle.models[choice],
-        "predicted": [{"model": m, "quality": float(q), "cost_usd": float(c), "allowed": bool(a)}
-                      for m, q, c, a in zip(bundle.models, quality, cost, allowed)],
+        "predicted": predicted,
         "decision_ms": (time.perf_counter() - started) * 1000,
         "bundle_version": bundle.version,
     }

@@ -6,15 +6,24 @@ connections: with 100 clients connecting at once the split was 36/64, then 100/0
 with ss during benchmarks/gateway_latency.py), leaving one core idle. The supervisor here starts the
 workers, restarts one that dies, and on SIGTERM or SIGINT passes the signal on and waits for each
 worker's graceful shutdown (which flushes its call log).
+
+Metrics: the supervisor gives the workers a fresh ``PROMETHEUS_MULTIPROC_DIR``, where each keeps its values,
+so that a scrape of ``/metrics`` on any worker reports the sum over all (:mod:`router_ml.serve.metrics`). A
+dead worker's counters stay in the sum (counters never go back); its gauges are dropped.
 """
 
 from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
+import shutil
 import signal
 import socket
+import tempfile
 import time
+
+from prometheus_client.multiprocess import mark_process_dead
 
 log = logging.getLogger(__name__)
 APP = "router_ml.serve.main:build_app"
@@ -40,6 +49,8 @@ def _worker(host: str, port: int, log_level: str) -> None:
 def serve(host: str, port: int, workers: int, log_level: str = "warning") -> None:
     """Run ``workers`` worker processes until SIGTERM or SIGINT; returns once all have shut down."""
     listening_socket(host, port).close()  # fail here, in the foreground, if the port is taken
+    metrics_dir = tempfile.mkdtemp(prefix="router-ml-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir  # read by prometheus_client as each worker imports it
     context = multiprocessing.get_context("spawn")
     stopping = False
 
@@ -62,6 +73,7 @@ def serve(host: str, port: int, workers: int, log_level: str = "warning") -> Non
             for i, process in enumerate(processes):
                 if not process.is_alive() and not stopping:
                     log.error("worker %d (pid %s) exited with %s; starting another", i, process.pid, process.exitcode)
+                    mark_process_dead(process.pid, metrics_dir)
                     processes[i] = start()
             time.sleep(0.5)
         for process in processes:
@@ -69,3 +81,4 @@ def serve(host: str, port: int, workers: int, log_level: str = "warning") -> Non
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        shutil.rmtree(metrics_dir, ignore_errors=True)
