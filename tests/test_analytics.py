@@ -221,3 +221,18 @@ def test_forecast_follows_the_logged_days_and_warns_before_a_budget_runs_out(gat
     assert month["runs_out"] and month["projected_usd"] > 1e-9 and month["runs_out_on"] is not None
     assert not day["runs_out"] and day["warning"] is None
     assert warned["warnings"] == [month["warning"]] and "monthly budget" in month["warning"]
+
+
+def test_minute_buckets_and_a_tenant_without_calls(gateway):
+    app, _, frame, _ = gateway
+    report = _get(app, "/v1/analytics/usage", ADMIN, start=START.isoformat(),
+                  end=(START + timedelta(hours=1)).isoformat(), bucket="minute").json()
+    assert len(report["series"]) == 60
+    first_hour = frame.filter(pl.col("ts") < START + timedelta(hours=1))
+    minutes = {int((ts - START).total_seconds() // 60) for ts in first_hour["ts"]}
+    assert {i for i, b in enumerate(report["series"]) if b["requests"]} == minutes
+    app.state.tenants.create_tenant("quiet")
+    key = app.state.tenants.issue_key("quiet")
+    quiet = _get(app, "/v1/analytics/forecast", key)
+    assert quiet.status_code == 200 and quiet.json()["forecast"] == [] and "no calls" in quiet.json()["note"]
+    assert _get(app, "/v1/analytics/usage", key).json()["totals"]["requests"] == 0

@@ -324,3 +324,36 @@ def test_replicas_share_the_response_cache_on_redis_but_never_across_tenants(ser
     assert again.headers["x-router-ml-cache"] == "exact"
     assert again.parse().choices[0].message.content == first.parse().choices[0].message.content
     assert "x-router-ml-cache" not in stranger.headers  # never another tenant's cached answer
+
+
+def test_demo_traffic_sends_real_prompts_as_the_demo_tenant_and_revokes_its_key(served, static_encoder_dir,
+                                                                                 tmp_path):
+    """`router-ml serve --demo-traffic` (what `make run` shows on the dashboard): real prompts of the outcomes
+    table through the gateway under tenant 'demo', repeats answered by the cache, its key revoked at exit."""
+    recorded = _copy_served(served, tmp_path)
+    url = f"sqlite:///{tmp_path / 'calls.db'}"
+    tenants = TenantStore(url)
+    tenants.create_tenant("demo")
+    tenants.close()
+    process, _ = _start(tmp_path, static_encoder_dir, _free_port(), "--demo-traffic", "20")
+    engine = sa.create_engine(url)
+    deadline = time.time() + 60
+    query = sa.text("SELECT prompt, cache, status FROM calls WHERE tenant = 'demo'")
+    while time.time() < deadline:
+        with engine.connect() as conn:
+            rows = conn.execute(query).all()
+        if len(rows) >= 25:
+            break
+        time.sleep(0.5)
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=60)
+    assert len(rows) >= 25, output
+    assert all(status == "ok" for _, _, status in rows)
+    assert {prompt for prompt, _, _ in rows} <= set(recorded["prompt"].to_list())  # real prompts only
+    assert sum(cache == "exact" for _, cache, _ in rows) >= 2  # every tenth a repeat, answered by the cache
+    assert "/dashboard#range=1h&key=rm-" in output and ", 0 failed; its key is revoked" in output
+    with engine.connect() as conn:
+        keys = conn.execute(sa.text("SELECT k.revoked_at FROM api_keys k JOIN tenants t ON t.id = k.tenant_id "
+                                    "WHERE t.name = 'demo'")).all()
+    engine.dispose()
+    assert len(keys) == 1 and keys[0][0] is not None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import signal
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
@@ -428,7 +429,7 @@ def _start_demo_traffic(settings, url: str, rate: float):
     finally:
         store.close()
     console.print(f"demo traffic: {rate:g} real prompt(s) per second as tenant {DEMO_TENANT!r}; watch it on the "
-                  f"dashboard (this link's key is revoked when the server stops):\n  {url}/dashboard#key={key}\n",
+                  f"dashboard (this link's key is revoked when the server stops):\n  {url}/dashboard#range=1h&key={key}\n",
                   markup=False, soft_wrap=True)
     return DemoTraffic(url, key, demo_prompts(settings.outcomes_path), rate).start()
 
@@ -457,7 +458,14 @@ def _serve(host: str, port: int, workers: int, settings) -> None:
                           "budgets and rate limits alone: a tenant may spend up to its budget once per worker")
         serve(host, port, workers)  # one socket per worker (SO_REUSEPORT): connections spread evenly
     else:
+        # uvicorn shuts down gracefully on SIGTERM, then raises it again with the handler it found: this one ends the
+        # process with status 0 through the callers' cleanup (the demo traffic's key is revoked), as --workers does.
+        signal.signal(signal.SIGTERM, _exit_cleanly)
         uvicorn.run("router_ml.serve.main:build_app", factory=True, host=host, port=port, log_level="warning")
+
+
+def _exit_cleanly(_signum, _frame) -> None:
+    raise SystemExit(0)
 
 
 def _first_start_key(store_url: str) -> str | None:

@@ -1,4 +1,4 @@
-"""Spend, savings, traffic, latency, errors and cache figures over the call log, in hourly or daily buckets.
+"""Spend, savings, traffic, latency, errors and cache figures over the call log, in minute, hour or day buckets.
 
 Every row of the call log counts as a request: an answered call, a cache hit, or a failed upstream attempt
 (a call that fell back logs its failed attempt as an error row and its answer as an ok row), so the error
@@ -28,8 +28,8 @@ import sqlalchemy as sa
 from router_ml.pricing import UnknownModelError, price_of
 from router_ml.serve.store import calls
 
-BUCKET_SECONDS = {"hour": 3600, "day": 86400}
-DEFAULT_SPAN = {"hour": timedelta(hours=24), "day": timedelta(days=30)}
+BUCKET_SECONDS = {"minute": 60, "hour": 3600, "day": 86400}
+DEFAULT_SPAN = {"minute": timedelta(hours=1), "hour": timedelta(hours=24), "day": timedelta(days=30)}
 MAX_BUCKETS = 2000  # a range that would draw more buckets is refused (a year of hours is 8,760)
 RECENT_ERRORS = 20
 PERCENTILES = (50, 95, 99)
@@ -147,7 +147,7 @@ def resolve_range(start: datetime | None, end: datetime | None, bucket: str,
                   now: datetime | None = None) -> tuple[datetime, datetime]:
     """[start, end) aligned outward to whole buckets, UTC; ValueError naming what is wrong."""
     if bucket not in BUCKET_SECONDS:
-        raise ValueError(f"bucket must be 'hour' or 'day', not {bucket!r}")
+        raise ValueError(f"bucket must be 'minute', 'hour' or 'day', not {bucket!r}")
     seconds = BUCKET_SECONDS[bucket]
     end = (end or now or datetime.now(UTC)).astimezone(UTC)
     start = (start or end - DEFAULT_SPAN[bucket]).astimezone(UTC)

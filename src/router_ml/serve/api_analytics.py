@@ -13,6 +13,7 @@ from router_ml.serve.auth import Viewer
 from router_ml.serve.errors import APIError
 
 router = APIRouter(prefix="/v1/analytics")
+MIN_RUN_RATE_HOURS = 1.0  # a tenant's first calls of the day are spread over at least this long
 FLUSH_TIMEOUT_S = 5.0  # calls still queued for the call log are written first, so a report includes them
 
 
@@ -106,12 +107,12 @@ def usage_history(engine, tenant: str | None, days: int, now: datetime):
         return history, (f"{history.height} day(s) of history: too short for a weekly pattern"
                          if history.height < 14 else None)
     first = _first_call(engine, tenant, today)
-    hours = max((now - first).total_seconds() / 3600, 1 / 60)
-    scale = min(24.0 / hours, 24.0 * 60)
+    hours = max((now - first).total_seconds() / 3600, MIN_RUN_RATE_HOURS)  # a first burst is not a daily rate
+    scale = 24.0 / hours
     history = daily.select(pl.lit(today - timedelta(days=1)).alias("day"),
                            *(pl.col(m).cast(pl.Float64) * scale for m in ("requests", "tokens", "spend_usd")))
-    return history, (f"all calls came today: the forecast extrapolates the last {hours:.1f} hour(s) to whole days; "
-                     "it firms up after the first full day")
+    return history, (f"all calls came today: the forecast extrapolates their rate over the last {hours:.1f} hours "
+                     f"(at least {MIN_RUN_RATE_HOURS:g}) to whole days; it firms up after the first full day")
 
 
 def _first_call(engine, tenant: str | None, today: date) -> datetime:

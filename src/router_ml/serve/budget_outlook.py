@@ -52,7 +52,7 @@ def budgets(tenant, store, predicted: pl.DataFrame, today: date, now: datetime |
             day += timedelta(days=1)
         runs_out = projected > limit
         label = "daily" if period == "day" else "monthly"
-        warning = (f"tenant {tenant.name!r}'s {label} budget of ${limit:,.2f} runs out around {runs_out_on}, before "
+        warning = (f"the {label} budget of tenant {tenant.name} (${limit:,.2f}) runs out around {runs_out_on}, before "
                    f"the period ends on {end.date()} (spent ${spent:,.4f}, projected ${projected:,.4f})")
         out.append({"period": period, "limit_usd": limit, "spent_usd": spent, "projected_usd": projected,
                     "period_end": end.isoformat(), "runs_out": runs_out,

@@ -63,7 +63,13 @@ class DemoTraffic:
         try:
             with urllib.request.urlopen(request, timeout=60) as answer:
                 answer.read()
-        except (OSError, urllib.error.HTTPError) as exc:
+        except urllib.error.URLError as exc:
+            if isinstance(exc.reason, ConnectionRefusedError):  # the server is stopping (or restarting): wait
+                self._ready()
+                return
+            self.failed += 1
+            log.warning("demo traffic: request failed: %s", exc)
+        except OSError as exc:  # HTTPError (an error answer) included
             self.failed += 1
             log.warning("demo traffic: request failed: %s", exc)
         self.sent += 1

@@ -9,8 +9,9 @@
 
 const KEY_NAME = "router-ml.dashboard.key";
 const PREFS_NAME = "router-ml.dashboard.prefs";
-const RANGES = { "24h": { hours: 24, label: "last 24 h" }, "7d": { hours: 24 * 7, label: "last 7 days" },
+const RANGES = { "1h": { hours: 1, label: "last hour" }, "24h": { hours: 24, label: "last 24 h" }, "7d": { hours: 24 * 7, label: "last 7 days" },
   "30d": { hours: 24 * 30, label: "last 30 days" } };
+const BUCKETS = ["minute", "hour", "day"];
 const SVG_NS = "http://www.w3.org/2000/svg";
 
 const state = {
@@ -176,7 +177,7 @@ function loadPrefs() {
   try {
     const p = JSON.parse(localStorage.getItem(PREFS_NAME) || "{}");
     if (RANGES[p.range]) state.range = p.range;
-    if (p.bucket === "hour" || p.bucket === "day") state.bucket = p.bucket;
+    if (BUCKETS.includes(p.bucket)) state.bucket = p.bucket;
     if (p.acc === "cum" || p.acc === "bucket") state.acc = p.acc;
   } catch (e) { /* defaults */ }
 }
@@ -226,6 +227,11 @@ function rangeStart() {
   if (state.bucket === "day") {
     const today = Date.UTC(now.getUTCFullYear(), now.getUTCMonth(), now.getUTCDate());
     return new Date(today - (hours / 24 - 1) * 86400e3);
+  }
+  if (state.bucket === "minute") {
+    const minute = Date.UTC(now.getUTCFullYear(), now.getUTCMonth(), now.getUTCDate(), now.getUTCHours(),
+      now.getUTCMinutes());
+    return new Date(minute - (hours * 60 - 1) * 60e3);
   }
   const hour = Date.UTC(now.getUTCFullYear(), now.getUTCMonth(), now.getUTCDate(), now.getUTCHours());
   return new Date(hour - (hours - 1) * 3600e3);
@@ -375,7 +381,7 @@ function renderBudgets(f) {
   if (!budgets.length) {
     box.replaceChildren(h("div", { class: "muted" }, state.admin && !state.tenant
       ? "Pick a tenant to see its budgets."
-      : "No budget set. Set one with `router-ml tenants set NAME --budget-month 100`."));
+      : ["No budget set. Set one with ", h("code", {}, "router-ml tenants set NAME --budget-month 100"), "."]));
     return;
   }
   box.replaceChildren(...budgets.map((b, i) => {
@@ -697,14 +703,16 @@ function wire() {
   $("#sign-out").addEventListener("click", () => showLogin(""));
   $$("#range button").forEach((b) => b.addEventListener("click", () => {
     state.range = b.dataset.range;
-    if (state.range === "30d" && state.bucket === "hour") state.bucket = "day";
-    if (state.range === "24h" && state.bucket === "day") state.bucket = "hour";
+    fitBucket();
     savePrefs();
     syncControls();
     refreshNow();
   }));
   $$("#bucket button").forEach((b) => b.addEventListener("click", () => {
     state.bucket = b.dataset.bucket;
+    if (state.bucket === "minute") state.range = "1h";
+    else if (state.range === "1h") state.range = "24h";
+    fitBucket();
     savePrefs();
     syncControls();
     refreshNow();
@@ -734,11 +742,20 @@ function wire() {
   });
 }
 
+/** A bucket the range can draw: minutes for the last hour only, days not for a day or less. */
+function fitBucket() {
+  if (state.range === "1h") state.bucket = "minute";
+  else if (state.bucket === "minute") state.bucket = "hour";
+  if (state.range === "30d" && state.bucket === "hour") state.bucket = "day";
+  if (state.range === "24h" && state.bucket === "day") state.bucket = "hour";
+}
+
 function start() {
   loadPrefs();
   const fromFragment = readFragment();
   if (!RANGES[state.range]) state.range = "24h";
-  if (state.bucket !== "hour" && state.bucket !== "day") state.bucket = "hour";
+  if (!BUCKETS.includes(state.bucket)) state.bucket = "hour";
+  fitBucket();
   wire();
   if (fromFragment) keepKey(fromFragment, false);
   state.key = fromFragment || storedKey();
