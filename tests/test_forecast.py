@@ -238,17 +238,21 @@ def test_forecast_cli_on_a_call_log(call_log):
 
     url, _ = call_log
     runner = CliRunner()
-    result = runner.invoke(app, ["forecast", "--store-url", url, "--json", "--horizon", "10"])
+    result = runner.invoke(app, ["forecast", "--store-url", url, "--json", "--horizon", "10", "--as-of", "2024-03-05"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
-    assert set(report["tenants"]) == {"ChatGPT", "GPT-4"}
+    assert set(report["tenants"]) == {"ChatGPT", "GPT-4", "(all tenants)"}
     chatgpt = report["tenants"]["ChatGPT"]
     assert chatgpt["history_days"] == 4 and len(chatgpt["daily"]) == 10 and set(chatgpt["totals"]) == {"7", "10"}
     assert chatgpt["daily"][0]["day"] == "2024-03-05" and "short history" in chatgpt["method"]
     week = chatgpt["totals"]["7"]
     assert 0 <= week["requests_lo"] < week["requests"] < week["requests_hi"]
     assert week["requests"] == pytest.approx(sum(d["requests"] for d in chatgpt["daily"][:7]))
-    table = runner.invoke(app, ["forecast", "--store-url", url, "--tenant", "GPT-4"])
+    both = report["tenants"]["(all tenants)"]["daily"][0]["requests"]
+    assert both > chatgpt["daily"][0]["requests"]  # all tenants together
+    today = runner.invoke(app, ["forecast", "--store-url", url, "--json"])  # from today: a long silence since
+    assert json.loads(today.output)["tenants"]["ChatGPT"]["history_days"] > 365
+    table = runner.invoke(app, ["forecast", "--store-url", url, "--tenant", "GPT-4", "--as-of", "2024-03-05"])
     assert table.exit_code == 0, table.output
     assert "GPT-4" in table.output and "ChatGPT" not in table.output and "short history" in table.output
     missing = runner.invoke(app, ["forecast", "--store-url", url, "--tenant", "nobody"])

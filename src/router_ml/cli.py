@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import signal
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -663,30 +664,36 @@ def forecast_command(
     horizon: Annotated[int, typer.Option("--horizon", min=1, help="Days ahead.")] = 30,
     level: Annotated[float, typer.Option("--level", min=0.01, max=0.99, help="Prediction interval level.")] = 0.8,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON: per tenant, every day's forecast.")] = False,
+    as_of: Annotated[Optional[datetime], typer.Option("--as-of", formats=["%Y-%m-%d"],
+                                                      help="Forecast from this day on, from the days before it "
+                                                           "(default: today; an earlier day backtests a log).")] = None,
     store_url: StoreUrlOption = None,
 ) -> None:
-    """Each tenant's requests, tokens and spend over the next 7 and --horizon days, from its daily usage in the
-    call log (router_ml.forecast; today's partial day is left out when earlier days exist)."""
+    """Each tenant's requests, tokens and spend over the next 7 and --horizon days (and all tenants together), from
+    the daily usage in the call log up to yesterday (router_ml.forecast.forecast_history: a tenant whose calls all
+    came today has their rate extrapolated, and the note says so)."""
     import json
-    from datetime import UTC, datetime
+    from datetime import UTC
 
-    from router_ml.forecast import METRICS, daily_usage, forecast_usage
+    from router_ml.forecast import METRICS, daily_usage, forecast_history, forecast_usage
 
-    usage = daily_usage(store_url or get_settings().store_url, tenant=tenant)
+    url = store_url or get_settings().store_url
+    usage = daily_usage(url, tenant=tenant, until=as_of.date() if as_of is not None else None)
     if usage.height == 0:
         raise ValueError(f"no calls{f' of tenant {tenant!r}' if tenant else ''} in the call log")
-    today = datetime.now(UTC).date()
+    now = as_of.replace(tzinfo=UTC) if as_of is not None else datetime.now(UTC)
+    names = [tenant] if tenant else sorted(n for n in usage["tenant"].unique().to_list() if n is not None) + [None]
     periods = sorted({min(7, horizon), horizon})
     report = {}
-    for (name,), history in usage.group_by("tenant", maintain_order=True):
-        if history.height > 1 and history["day"].max() == today:
-            history = history.filter(pl.col("day") < today)
-        future = forecast_usage(history.drop("tenant"), horizon=horizon, level=level)
+    for name in names:
+        history, note = forecast_history(url, name, now)
+        future = forecast_usage(history, horizon=horizon, level=level)
         totals = {str(n): {c: float(future.head(n)[c].sum()) for c in future.columns if c not in ("day", "method")}
                   for n in periods}
-        report[name] = {"history_days": history.height, "last_day": str(history["day"].max()),
-                        "method": future["method"][0], "totals": totals,
-                        "daily": [{**row, "day": str(row["day"])} for row in future.drop("method").iter_rows(named=True)]}
+        report[name or "(all tenants)"] = {
+            "history_days": history.height, "last_day": str(history["day"].max()), "method": future["method"][0],
+            "note": note, "totals": totals,
+            "daily": [{**row, "day": str(row["day"])} for row in future.drop("method").iter_rows(named=True)]}
     if as_json:
         typer.echo(json.dumps({"level": level, "horizon": horizon, "tenants": report}, indent=2))
         return
@@ -697,10 +704,10 @@ def forecast_command(
         for n, t in r["totals"].items():
             cells = [f"{t[m]:,.{2 if m == 'spend_usd' else 0}f} [{t[m + '_lo']:,.{2 if m == 'spend_usd' else 0}f}"
                      f"-{t[m + '_hi']:,.{2 if m == 'spend_usd' else 0}f}]" for m in METRICS]
-            table.add_row(name or "(no tenant)", f"{r['history_days']} d to {r['last_day']}", n, *cells)
+            table.add_row(name, f"{r['history_days']} d to {r['last_day']}", n, *cells)
     console.print(table)
     for name, r in report.items():
-        console.print(f"{name or '(no tenant)'}: {r['method']}")
+        console.print(f"{name}: {r['method']}" + (f" ({r['note']})" if r["note"] else ""))
 
 
 if __name__ == "__main__":

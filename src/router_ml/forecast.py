@@ -37,6 +37,8 @@ OFFSET_SHARE = 0.1
 """``c`` of ``log(y + c)`` as a share of the series' mean of its non-zero days: scale-free, so spend in cents and
 tokens in millions behave alike, and days with zero usage stay finite. 0.1 had the lowest median MASE of
 {0.001, 0.01, 0.1} on the backtest's validation window (the differences are small)."""
+MIN_RUN_RATE_HOURS = 1.0
+"""A first day's calls are taken to span at least this long when scaled to a daily rate (a burst is no rate)."""
 SHORT_HISTORY_SIGMA = 0.5
 """Smallest log-scale standard deviation of the short-history fallback (one known day has no spread of its own)."""
 
@@ -233,3 +235,45 @@ def daily_usage(store, tenant: str | None = None, days: int | None = None,
 def _utc_day(ts: datetime) -> date:
     """SQLite returns naive datetimes (stored as UTC), PostgreSQL aware ones."""
     return (ts.astimezone(UTC) if ts.tzinfo else ts).date()
+
+
+def forecast_history(store, tenant: str | None, now: datetime, days: int | None = None) -> tuple[pl.DataFrame, str | None]:
+    """(daily requests, tokens and spend up to yesterday, a note on how it was made or None): the history of a
+    forecast that starts today, for :func:`forecast_usage`; ``tenant`` None sums every tenant, ``days`` keeps the
+    last ones. Today's partial day counts only where all calls came today: their rate since the first one (over
+    at least :data:`MIN_RUN_RATE_HOURS`), scaled to a day, then stands for yesterday. No calls: an empty frame."""
+    today = now.date()
+    daily = daily_usage(store, tenant=tenant, days=days + 1 if days is not None else None, until=today)
+    if daily.height == 0:
+        return daily.drop("tenant"), "no calls logged yet: no forecast until traffic arrives"
+    daily = (daily.group_by("day").agg(pl.col("requests", "tokens", "spend_usd").sum()).sort("day")
+             .filter(pl.col("day") <= today))
+    if daily["day"].min() < today:
+        history = daily.filter(pl.col("day") < today)
+        return history, (f"{history.height} day(s) of history: too short for a weekly pattern"
+                         if history.height < 14 else None)
+    first = _first_call(store, tenant, today)
+    hours = max((now - first).total_seconds() / 3600, MIN_RUN_RATE_HOURS)  # a first burst is not a daily rate
+    scale = 24.0 / hours
+    history = daily.select(pl.lit(today - timedelta(days=1)).alias("day"),
+                           *(pl.col(m).cast(pl.Float64) * scale for m in ("requests", "tokens", "spend_usd")))
+    return history, (f"all calls came today: the forecast extrapolates their rate over the last {hours:.1f} hours "
+                     f"(at least {MIN_RUN_RATE_HOURS:g}) to whole days; it firms up after the first full day")
+
+
+def _first_call(store, tenant: str | None, today: date) -> datetime:
+    import sqlalchemy as sa
+
+    from router_ml.serve.store import calls
+
+    engine = sa.create_engine(store) if isinstance(store, str) else store
+    query = sa.select(sa.func.min(calls.c.ts)).where(calls.c.ts >= datetime.combine(today, datetime.min.time(), UTC))
+    if tenant is not None:
+        query = query.where(calls.c.tenant == tenant)
+    try:
+        with engine.connect() as conn:
+            first = conn.execute(query).scalar_one()
+    finally:
+        if isinstance(store, str):
+            engine.dispose()
+    return first if first.tzinfo is not None else first.replace(tzinfo=UTC)

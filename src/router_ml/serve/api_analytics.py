@@ -4,7 +4,7 @@ admin key), read from the call log. Queries run in a worker thread: the event lo
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime
 
 from fastapi import APIRouter, Query, Request
 
@@ -13,7 +13,6 @@ from router_ml.serve.auth import Viewer
 from router_ml.serve.errors import APIError
 
 router = APIRouter(prefix="/v1/analytics")
-MIN_RUN_RATE_HOURS = 1.0  # a tenant's first calls of the day are spread over at least this long
 FLUSH_TIMEOUT_S = 5.0  # calls still queued for the call log are written first, so a report includes them
 
 
@@ -66,16 +65,16 @@ async def forecast(request: Request, scope: Viewer, horizon: int = Query(30, ge=
     tenants = request.app.state.tenants
 
     def outlook() -> dict:
+        from router_ml.forecast import forecast_history, forecast_usage  # offline code: loaded on first use
+
         store.flush(timeout=FLUSH_TIMEOUT_S)
         now = datetime.now(UTC)
-        history, note = usage_history(store.engine, scope.tenant, history_days, now)
+        history, note = forecast_history(store.engine, scope.tenant, now, history_days)
         out = {"scope": {"tenant": scope.tenant, "admin": scope.admin}, "method": None, "note": note,
                "history": [{**row, "day": row["day"].isoformat()} for row in history.to_dicts()],
                "forecast": [], "next_7_days": None, "next_30_days": None, "budgets": [], "warnings": []}
         if history.height == 0:
             return out
-        from router_ml.forecast import forecast_usage  # offline code: loaded on first use
-
         predicted = forecast_usage(history, horizon=horizon)
         tenant = tenants.get_tenant(scope.tenant) if scope.tenant is not None and tenants is not None else None
         budgets = budget_outlook.budgets(tenant, store, predicted, now.date(), now) if tenant is not None else []
@@ -86,43 +85,3 @@ async def forecast(request: Request, scope: Viewer, horizon: int = Query(30, ge=
         return out
 
     return await asyncio.to_thread(outlook)
-
-
-def usage_history(engine, tenant: str | None, days: int, now: datetime):
-    """(daily requests, tokens and spend up to yesterday, a note on how it was made): the history a forecast
-    starting today needs. Today's partial day counts only for a tenant whose calls all came today: then its
-    rate since its first call, scaled to a day, stands for yesterday (said in the note)."""
-    import polars as pl
-
-    from router_ml.forecast import daily_usage
-
-    today = now.date()
-    daily = daily_usage(engine, tenant=tenant, days=days + 1, until=today)
-    if daily.height == 0:
-        return daily.drop("tenant"), "no calls logged yet: no forecast until traffic arrives"
-    daily = (daily.group_by("day").agg(pl.col("requests", "tokens", "spend_usd").sum()).sort("day")
-             .filter(pl.col("day") <= today))
-    if daily["day"].min() < today:
-        history = daily.filter(pl.col("day") < today)
-        return history, (f"{history.height} day(s) of history: too short for a weekly pattern"
-                         if history.height < 14 else None)
-    first = _first_call(engine, tenant, today)
-    hours = max((now - first).total_seconds() / 3600, MIN_RUN_RATE_HOURS)  # a first burst is not a daily rate
-    scale = 24.0 / hours
-    history = daily.select(pl.lit(today - timedelta(days=1)).alias("day"),
-                           *(pl.col(m).cast(pl.Float64) * scale for m in ("requests", "tokens", "spend_usd")))
-    return history, (f"all calls came today: the forecast extrapolates their rate over the last {hours:.1f} hours "
-                     f"(at least {MIN_RUN_RATE_HOURS:g}) to whole days; it firms up after the first full day")
-
-
-def _first_call(engine, tenant: str | None, today: date) -> datetime:
-    import sqlalchemy as sa
-
-    from router_ml.serve.store import calls
-
-    query = sa.select(sa.func.min(calls.c.ts)).where(calls.c.ts >= datetime.combine(today, datetime.min.time(), UTC))
-    if tenant is not None:
-        query = query.where(calls.c.tenant == tenant)
-    with engine.connect() as conn:
-        first = conn.execute(query).scalar_one()
-    return first if first.tzinfo is not None else first.replace(tzinfo=UTC)
