@@ -23,8 +23,8 @@ import numpy as np
 import polars as pl
 
 from router_ml.label import OutcomeMatrix, outcome_matrix
-from router_ml.progress import Progress
 from router_ml.output_length import OutputLengthPredictor, fit_on_validation
+from router_ml.progress import Progress
 from router_ml.routers.cost import CostPredictor
 from router_ml.split import group_holdout
 
