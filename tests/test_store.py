@@ -347,15 +347,16 @@ def test_spend_sums_a_tenants_costs_since_a_time_failed_calls_included(store):
     assert store.spend("nobody", start) == 0.0
 
 
-def test_a_log_created_before_new_columns_gets_them(url):
+def test_a_log_created_before_new_columns_and_indexes_gets_them(url):
     engine = sa.create_engine(url)
-    with engine.begin() as conn:  # a calls table as an older release created it: no cache columns
+    with engine.begin() as conn:  # a calls table as an older release created it: no cache columns, no indexes
         old = sa.Table("calls", sa.MetaData(), *(sa.Column(c.name, c.type) for c in calls.columns
                                                  if c.name not in ("cache", "saved_usd")))
         old.create(conn)
     engine.dispose()
     s = CallStore(url)
     try:
+        assert {i["name"] for i in sa.inspect(s.engine).get_indexes("calls")} >= {"calls_tenant_ts", "calls_ts"}
         call_id = s.record(call_row(0, cache="exact", saved_usd=0.01, cost_usd=0.0))
         s.flush()
         assert (s.get(call_id)["cache"], s.get(call_id)["saved_usd"]) == ("exact", 0.01)

@@ -110,6 +110,8 @@ calls = sa.Table(
     sa.Column("saved_usd", sa.Float),  # for a cache hit: what the original call cost
     sa.CheckConstraint("status IN ('ok', 'error')", name="calls_status"),
     sa.Index("calls_status_feedback", "status", "feedback_at"),
+    sa.Index("calls_tenant_ts", "tenant", "ts"),  # a tenant's spend in a budget period, its analytics and forecast
+    sa.Index("calls_ts", "ts"),  # analytics over every tenant in a time range
 )
 
 
@@ -189,14 +191,20 @@ class CallStore:
         self._writer.start()
 
     def _add_missing_columns(self) -> None:
-        """Columns added to ``calls`` since a log was created (nullable ones only) are added to it."""
-        present = {c["name"] for c in sa.inspect(self.engine).get_columns("calls")}
+        """Columns and indexes added to ``calls`` since a log was created (nullable columns only) are added to it."""
+        inspector = sa.inspect(self.engine)
+        present = {c["name"] for c in inspector.get_columns("calls")}
+        indexed = {i["name"] for i in inspector.get_indexes("calls")}
         with self.engine.begin() as conn:
             for column in calls.columns:
                 if column.name not in present:
                     kind = column.type.compile(dialect=self.engine.dialect)
                     conn.execute(sa.text(f"ALTER TABLE calls ADD COLUMN {column.name} {kind}"))
                     log.warning("call store: added column %s to the existing calls table", column.name)
+            for index in calls.indexes:
+                if index.name not in indexed:
+                    index.create(conn)
+                    log.warning("call store: added index %s to the existing calls table", index.name)
 
     @staticmethod
     def _engine(url: str) -> sa.Engine:
