@@ -35,7 +35,7 @@ data: install
 test: install
 	$(MIRROR_ENV) $(BIN)/python -m pytest
 
-# Benchmarks: routing quality (four tracks), decision latency, the semantic cache, output lengths and usage forecasts; results, REPORT.md and PNGs in benchmarks/results/.
+# Benchmarks: routing quality (four tracks), decision latency, the semantic cache, output lengths, usage forecasts and the metrics' overhead; results, REPORT.md and PNGs in benchmarks/results/.
 bench: install data/outcomes.parquet
 	@start=$$(date +%s); \
 	$(MIRROR_ENV) $(BIN)/python benchmarks/routing_quality.py && \
@@ -43,6 +43,7 @@ bench: install data/outcomes.parquet
 	$(MIRROR_ENV) $(BIN)/python benchmarks/semantic_cache.py && \
 	$(MIRROR_ENV) $(BIN)/python benchmarks/output_length.py && \
 	$(MIRROR_ENV) $(BIN)/python benchmarks/forecast.py && \
+	$(BIN)/python benchmarks/metrics_overhead.py && \
 	echo "make bench: $$(( $$(date +%s) - start )) s in all"
 
 # Gateway latency over a loopback 50 ms upstream, next to the LiteLLM proxy (results and PNG in benchmarks/results/).
