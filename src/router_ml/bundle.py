@@ -102,14 +102,23 @@ class Bundle:
         return self.router.predict(X), self.cost.predict(input_tokens)
 
     def predict_with_lengths(self, prompt: str, input_tokens: int) -> tuple[np.ndarray, np.ndarray, tuple | None]:
-        """One prompt's (quality, cost, lengths) per model, the features computed once; ``lengths`` is (expected,
-        upper) output tokens per model, or None for a bundle without a length predictor."""
+        """One prompt's (quality, cost, lengths) per model, the features computed once; ``lengths`` is (expected
+        output tokens, their upper bound in whole tokens) per model, or None for a bundle without a length predictor."""
         X = self.featurizer.transform([prompt])
-        lengths = None
-        if self.lengths is not None:
-            expected, upper = self.lengths.predict_models(X, self.models)
-            lengths = (expected[0], upper[0])
-        return self.router.predict(X)[0], self.cost.predict([input_tokens])[0], lengths
+        return self.router.predict(X)[0], self.cost.predict([input_tokens])[0], self._lengths(X)
+
+    def length_bounds(self, prompt: str) -> list[int] | None:
+        """Each model's upper bound on the answer's length to ``prompt`` (None without a length predictor), for a
+        call that needs no routing decision."""
+        if self.lengths is None:
+            return None
+        return self._lengths(self.featurizer.transform([prompt]))[1].tolist()
+
+    def _lengths(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        if self.lengths is None:
+            return None
+        expected, upper = self.lengths.predict_models(X, self.models)
+        return expected[0], np.ceil(upper[0]).astype(int)
 
     def decide(self, quality: np.ndarray, cost: np.ndarray, lam: float | None = None,
                threshold: float | None = None) -> np.ndarray:

@@ -197,7 +197,6 @@ def daily_usage(store, tenant: str | None = None, days: int | None = None,
 
     from router_ml.serve.store import calls
 
-    engine = sa.create_engine(store) if isinstance(store, str) else store
     query = sa.select(calls.c.ts, calls.c.tenant, calls.c.input_tokens, calls.c.output_tokens, calls.c.cost_usd)
     if tenant is not None:
         query = query.where(calls.c.tenant == tenant)
@@ -207,12 +206,7 @@ def daily_usage(store, tenant: str | None = None, days: int | None = None,
         if until is not None:
             start = datetime.combine(until - timedelta(days=days - 1), datetime.min.time(), UTC)
             query = query.where(calls.c.ts >= start)
-    try:
-        with engine.connect() as conn:
-            rows = conn.execute(query).all()
-    finally:
-        if isinstance(store, str):
-            engine.dispose()
+    rows = _run(store, query).all()
     schema = {"tenant": pl.String, "day": pl.Date, "requests": pl.Int64, "tokens": pl.Int64, "spend_usd": pl.Float64}
     if not rows:
         return pl.DataFrame(schema=schema)
@@ -264,16 +258,22 @@ def forecast_history(store, tenant: str | None, now: datetime, days: int | None 
 def _first_call(store, tenant: str | None, today: date) -> datetime:
     import sqlalchemy as sa
 
-    from router_ml.serve.store import calls
+    from router_ml.serve.store import as_utc, calls
 
-    engine = sa.create_engine(store) if isinstance(store, str) else store
     query = sa.select(sa.func.min(calls.c.ts)).where(calls.c.ts >= datetime.combine(today, datetime.min.time(), UTC))
     if tenant is not None:
         query = query.where(calls.c.tenant == tenant)
+    return as_utc(_run(store, query).scalar_one())
+
+
+def _run(store, query):
+    """``query``'s buffered result on the call log ``store`` (a SQLAlchemy URL, opened and closed here, or engine)."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(store) if isinstance(store, str) else store
     try:
         with engine.connect() as conn:
-            first = conn.execute(query).scalar_one()
+            return conn.execute(query).freeze()()
     finally:
         if isinstance(store, str):
             engine.dispose()
-    return first if first.tzinfo is not None else first.replace(tzinfo=UTC)

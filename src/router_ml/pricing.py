@@ -256,3 +256,11 @@ def cost_usd(model: str, input_tokens: int, output_tokens: int | None) -> float:
     n_out = 0 if output_tokens is None else _count(output_tokens, "output_tokens")
     price = price_of(model)
     return (n_in * price.input_usd_per_mtok + n_out * price.output_usd_per_mtok) / 1_000_000
+
+
+def cost_usd_if_priced(model: str, input_tokens: int, output_tokens: int | None) -> float | None:
+    """:func:`cost_usd`, or None for a model without a price (e.g. self-hosted)."""
+    try:
+        return cost_usd(model, input_tokens, output_tokens)
+    except UnknownModelError:
+        return None

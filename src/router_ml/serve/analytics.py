@@ -26,7 +26,7 @@ import numpy as np
 import sqlalchemy as sa
 
 from router_ml.pricing import UnknownModelError, price_of
-from router_ml.serve.store import calls
+from router_ml.serve.store import as_utc, calls
 
 BUCKET_SECONDS = {"minute": 60, "hour": 3600, "day": 86400}
 DEFAULT_SPAN = {"minute": timedelta(hours=1), "hour": timedelta(hours=24), "day": timedelta(days=30)}
@@ -233,12 +233,8 @@ def usage(engine: sa.Engine, scope: Scope, start: datetime, end: datetime, bucke
         "start": start.isoformat(), "end": end.isoformat(), "bucket": bucket,
         "totals": {**totals.as_dict(), "latency_ms": _percentiles(lat_all)},
         "series": series, "models": models, "tenants": tenants,
-        "recent_errors": [{"ts": _iso(r.ts), "tenant": r.tenant, "model": r.model, "http_status": r.http_status,
+        "recent_errors": [{"ts": as_utc(r.ts).isoformat(), "tenant": r.tenant, "model": r.model, "http_status": r.http_status,
                            "error": r.error} for r in recent],
         "unpriced_reference": sorted(unpriced),
     }
 
-
-def _iso(ts: datetime) -> str:
-    """SQLite gives naive datetimes back; they were written in UTC."""
-    return (ts if ts.tzinfo is not None else ts.replace(tzinfo=UTC)).isoformat()

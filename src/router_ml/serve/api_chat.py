@@ -14,11 +14,10 @@ import logging
 import time
 import uuid
 
-import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from router_ml.pricing import UnknownModelError, cost_usd
+from router_ml.pricing import cost_usd_if_priced
 from router_ml.serve.auth import Caller, check_model, effective_policy
 from router_ml.serve.errors import APIError
 from router_ml.serve.policy import Policy, decide, parse_auto_model
@@ -70,10 +69,7 @@ def _upstream_request(body: ChatCompletionRequest, messages: list[dict], model: 
 
 def _cost(model: str, usage: Usage) -> float | None:
     """USD of the call at the catalog's prices; None for a model without a price (e.g. self-hosted)."""
-    try:
-        return cost_usd(model, usage.input_tokens, usage.output_tokens)
-    except UnknownModelError:
-        return None
+    return cost_usd_if_priced(model, usage.input_tokens, usage.output_tokens)
 
 
 def _counted_usage(body: ChatCompletionRequest, text: str) -> Usage:
@@ -202,8 +198,8 @@ def _cached_answer(state, hit, prompt: str, bundle, decision: dict | None, tenan
     return JSONResponse(payload, headers={**_headers(payload["model"], 0.0, call_id), "x-router-ml-cache": hit.kind})
 
 
-def _output_bounds(tenant, body: ChatCompletionRequest, decision: dict | None, bundle, prompt: str,
-                   input_tokens: int) -> dict[str, int] | None:
+def _output_bounds(tenant, body: ChatCompletionRequest, decision: dict | None, bundle,
+                   prompt: str) -> dict[str, int] | None:
     """Each model's predicted upper bound on the answer's length, which a request without ``max_tokens`` reserves;
     None when it sets one, the tenant has no budget or token limit, or the bundle has no length predictor."""
     if body.max_tokens is not None or bundle.lengths is None:
@@ -212,8 +208,7 @@ def _output_bounds(tenant, body: ChatCompletionRequest, decision: dict | None, b
         limited = (tenant.budget_usd_day, tenant.budget_usd_month, tenant.tpm, tenant.key_tpm)
         if all(limit is None for limit in limited):
             return None  # a pass-through call with nothing to reserve skips the prediction
-        _, _, lengths = bundle.predict_with_lengths(prompt, input_tokens)
-        return {m: int(np.ceil(upper)) for m, upper in zip(bundle.models, lengths[1])}
+        return dict(zip(bundle.models, bundle.length_bounds(prompt)))
     return {p["model"]: p["max_output_tokens"] for p in decision["predicted"]}
 
 
@@ -224,7 +219,7 @@ def _admit(state, tenant, body: ChatCompletionRequest, models: list[str], decisi
     if tenant is None or state.limits is None:
         return Admission(models)
     fallbacks = ranked if decision is not None else []
-    bounds = _output_bounds(tenant, body, decision, bundle, prompt, input_tokens)
+    bounds = _output_bounds(tenant, body, decision, bundle, prompt)
     try:
         check_rates(state.limits, tenant, input_tokens, body.max_tokens, models, bounds)
         return admit(state.limits, tenant, models, fallbacks, input_tokens, body.max_tokens, bounds)

@@ -20,7 +20,7 @@ import time
 import numpy as np
 from pydantic import BaseModel, Field
 
-from router_ml.pricing import UnknownModelError, cost_usd
+from router_ml.pricing import cost_usd_if_priced
 
 AUTO = "router-ml/auto"
 
@@ -43,13 +43,6 @@ def parse_auto_model(name: str) -> Policy | None:
             raise ValueError(f"model {name!r}: policy field {part!r} must be key=value")
         fields[key.strip()] = [m for m in value.split("|") if m] if key.strip() == "models" else value
     return Policy(**fields)
-
-
-def _priced(model: str, input_tokens: int, output_tokens: int) -> float | None:
-    try:
-        return cost_usd(model, input_tokens, output_tokens)
-    except UnknownModelError:
-        return None
 
 
 def decide(bundle, prompt: str, input_tokens: int, policy: Policy) -> dict:
@@ -80,8 +73,8 @@ def decide(bundle, prompt: str, input_tokens: int, policy: Policy) -> dict:
                  for m, q, c, a in zip(bundle.models, quality, cost, allowed)]
     if lengths is not None:  # the answer's expected length, its priced estimate, and the bound a reservation holds
         for row, expected, upper in zip(predicted, *lengths):
-            row["output_tokens"], row["max_output_tokens"] = round(float(expected), 1), int(np.ceil(upper))
-            row["estimated_cost_usd"] = _priced(row["model"], input_tokens, round(float(expected)))
+            row["output_tokens"], row["max_output_tokens"] = round(float(expected), 1), int(upper)
+            row["estimated_cost_usd"] = cost_usd_if_priced(row["model"], input_tokens, round(float(expected)))
     return {
         "model": bundle.models[choice],
         "predicted": predicted,

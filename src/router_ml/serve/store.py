@@ -141,7 +141,8 @@ def _journal_default(value: Any) -> str:
     raise TypeError(f"call field value {value!r} ({type(value).__name__}) is not JSON serializable")
 
 
-def _utc(value: datetime | None) -> datetime | None:
+def as_utc(value: datetime | None) -> datetime | None:
+    """An aware UTC datetime (SQLite gives naive ones back; they were written in UTC)."""
     if value is None:
         return None
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
@@ -347,7 +348,7 @@ class CallStore:
         out["source"] = out["source"] or "gateway"
         out["status"] = out["status"] or "ok"
         out["routed"] = bool(out["routed"])
-        out["ts"] = _utc(out["ts"])
+        out["ts"] = as_utc(out["ts"])
         if out["prompt_id"] is None:
             out["prompt_id"] = stable_prompt_id(out["source"], out["task"], out["prompt"])
         if out["group_id"] is None:
@@ -479,8 +480,8 @@ class CallStore:
     @staticmethod
     def _decode(row: sa.Row) -> dict:
         out = dict(row._mapping)
-        out["ts"] = _utc(out["ts"])
-        out["feedback_at"] = _utc(out["feedback_at"])
+        out["ts"] = as_utc(out["ts"])
+        out["feedback_at"] = as_utc(out["feedback_at"])
         out["flags"] = json.loads(out["flags"]) if out["flags"] is not None else []
         if out["policy"] is not None:
             out["policy"] = json.loads(out["policy"])
@@ -521,7 +522,7 @@ class CallStore:
         including calls still queued; what seeds a budget period after a restart."""
         self.flush()
         query = sa.select(sa.func.coalesce(sa.func.sum(calls.c.cost_usd), 0.0)).where(
-            calls.c.tenant == tenant, calls.c.ts >= _utc(since))
+            calls.c.tenant == tenant, calls.c.ts >= as_utc(since))
         with self.engine.connect() as conn:
             return float(conn.execute(query).scalar_one())
 
@@ -541,8 +542,8 @@ class CallStore:
         names = [c.name for c in schema.COLUMNS]
         data: dict[str, list] = {name: [r[name] for r in rows] for name in names + ["feedback_at"]}
         data["flags"] = [json.loads(f) for f in data["flags"]]
-        data["ts"] = [_utc(t) for t in data["ts"]]
-        data["feedback_at"] = [_utc(t) for t in data["feedback_at"]]
+        data["ts"] = [as_utc(t) for t in data["ts"]]
+        data["feedback_at"] = [as_utc(t) for t in data["feedback_at"]]
         frame = pl.DataFrame(data, schema={**schema.SCHEMA, "feedback_at": pl.Datetime("us", "UTC")}, strict=False)
         frame = (frame.sort("feedback_at", "ts", nulls_last=False)
                  .unique(["prompt_id", "model"], keep="last", maintain_order=True)
