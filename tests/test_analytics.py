@@ -12,6 +12,7 @@ import polars as pl
 import pytest
 
 from fake_provider import HandlerProvider
+from router_ml.clock import FixedClock
 from router_ml.data.prepare import prepare
 from router_ml.data.report import ImportReport
 from router_ml.embed import StaticEncoder
@@ -23,6 +24,7 @@ from router_ml.train import TrainConfig, run
 
 ADMIN = "admin-secret"
 START = datetime(2026, 11, 20, tzinfo=UTC)
+NOW = START + timedelta(days=2, hours=9)  # the app's pinned clock: the morning after the two logged days
 
 
 @pytest.fixture(scope="module")
@@ -78,14 +80,16 @@ def _record(store: CallStore, frame: pl.DataFrame) -> None:
 @pytest.fixture
 def gateway(bundle, outcomes, static_encoder_dir, store_url):
     directory, meta = bundle
-    store, tenants = CallStore(store_url), TenantStore(store_url)
+    clock = FixedClock(NOW)
+    store, tenants = CallStore(store_url, clock=clock), TenantStore(store_url, clock=clock)
     tenants.create_tenant("small", reference_model="claude-v2")
     tenants.create_tenant("big")  # no reference set: the bundle's best model
     keys = {name: tenants.issue_key(name) for name in ("small", "big")}
     frame = _calls(outcomes)
     _record(store, frame)
     app = create_app(directory, {m: HandlerProvider(lambda r, m=m: f"from {m}") for m in meta["models"]},
-                     store=store, encoder=StaticEncoder(static_encoder_dir), tenants=tenants, admin_key=ADMIN)
+                     store=store, encoder=StaticEncoder(static_encoder_dir), tenants=tenants, admin_key=ADMIN,
+                     clock=clock)
     yield app, keys, frame, meta["metrics"]["best_model_name"]
     store.close()
     tenants.close()
@@ -195,7 +199,7 @@ def test_bad_ranges_name_the_parameter(gateway):
 
 
 def test_forecast_follows_the_logged_days_and_warns_before_a_budget_runs_out(gateway):
-    app, keys, frame, _ = gateway
+    app, keys, frame, best = gateway
     admin = _get(app, "/v1/analytics/forecast", ADMIN, horizon=30).json()
     daily = (frame.with_columns(pl.col("ts").dt.date().alias("day"))
              .group_by("day").len().sort("day"))
@@ -203,7 +207,8 @@ def test_forecast_follows_the_logged_days_and_warns_before_a_budget_runs_out(gat
     assert logged == {d.isoformat(): n for d, n in daily.iter_rows()}
     assert len(admin["forecast"]) == 30 and admin["budgets"] == [] and admin["method"]
     first = datetime.fromisoformat(admin["forecast"][0]["day"]).date()
-    assert first == datetime.now(UTC).date()  # the history ends yesterday: the forecast starts today
+    assert first == NOW.date()  # the history ends yesterday (by the app's clock): the forecast starts today
+    assert admin["history"][-1]["day"] == (NOW.date() - timedelta(days=1)).isoformat()
     for day in admin["forecast"]:
         for metric in ("requests", "tokens", "spend_usd"):
             assert 0 <= day[f"{metric}_lo"] <= day[metric] <= day[f"{metric}_hi"]
@@ -214,13 +219,31 @@ def test_forecast_follows_the_logged_days_and_warns_before_a_budget_runs_out(gat
     assert sum(r["requests"] for r in mine["history"]) == frame.filter(pl.col("tenant") == "small").height
     assert _get(app, "/v1/analytics/forecast", keys["small"], tenant="big").status_code == 403
 
-    app.state.tenants.update_tenant("small", budget_usd_month=1e-9, budget_usd_day=1000.0)
+    # November so far: the two logged days; the rest of it is the forecast (15/24 of today, then 8 whole days).
+    spent = _expected(frame, best).filter(pl.col("tenant") == "small")["spend"].sum()
+    left_today = 1 - 9 / 24
+    projection = [(d["day"], d["spend_usd"] * (left_today if i == 0 else 1.0))
+                  for i, d in enumerate(mine["forecast"]) if d["day"] < "2026-12-01"]
+    assert [day for day, _ in projection][-1] == "2026-11-30" and len(projection) == 9
+    by_month_end = spent + sum(usd for _, usd in projection)
+    assert by_month_end > spent > 0
+    # A month budget above what is spent but below the projection: it runs out because of the forecast, on the
+    # day the projection passes it.
+    limit = (spent + by_month_end) / 2
+    app.state.tenants.update_tenant("small", budget_usd_month=limit, budget_usd_day=1000.0)
     warned = _get(app, "/v1/analytics/forecast", keys["small"]).json()
     month, = (b for b in warned["budgets"] if b["period"] == "month")
     day, = (b for b in warned["budgets"] if b["period"] == "day")
-    assert month["runs_out"] and month["projected_usd"] > 1e-9 and month["runs_out_on"] is not None
+    assert month["spent_usd"] == pytest.approx(spent, rel=1e-9) and month["spent_usd"] < limit
+    assert month["projected_usd"] == pytest.approx(by_month_end, rel=1e-9)
+    assert month["period_end"] == "2026-12-01T00:00:00+00:00"
+    running = spent
+    expected_on = next(d for d, usd in projection if (running := running + usd) > limit)
+    assert month["runs_out"] and month["runs_out_on"] == expected_on
     assert not day["runs_out"] and day["warning"] is None
+    assert day["spent_usd"] == 0.0 and day["period_end"] == "2026-11-23T00:00:00+00:00"  # nothing logged today
     assert warned["warnings"] == [month["warning"]] and "monthly budget" in month["warning"]
+    assert f"runs out around {expected_on}, before the period ends on 2026-12-01" in month["warning"]
 
 
 def test_minute_buckets_and_a_tenant_without_calls(gateway):

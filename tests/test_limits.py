@@ -129,7 +129,7 @@ def test_two_processes_share_one_budget_on_redis(redis_url):
 
 def test_memory_token_bucket_refills_and_says_how_long_to_wait():
     clock = [0.0]
-    limits = MemoryLimits(clock=lambda: clock[0])
+    limits = MemoryLimits(monotonic=lambda: clock[0])
     assert all(limits.take("key-1", per_minute=6) is None for _ in range(6))
     wait = limits.take("key-1", per_minute=6)
     assert wait == pytest.approx(10.0)  # one request per 10 s

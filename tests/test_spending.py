@@ -59,7 +59,7 @@ def test_degrade_before_deny_serves_the_best_model_that_still_fits():
 
 def test_rate_limits_per_minute_for_requests_and_tokens():
     clock = [0.0]
-    limits = MemoryLimits(clock=lambda: clock[0])
+    limits = MemoryLimits(monotonic=lambda: clock[0])
     tenant = Tenant(rpm=2, tpm=3000)
     check_rates(limits, tenant, 200, 100)
     check_rates(limits, tenant, 200, 100)
@@ -73,7 +73,7 @@ def test_rate_limits_per_minute_for_requests_and_tokens():
 
 
 def test_a_key_has_its_own_bucket_beside_its_tenants():
-    limits = MemoryLimits(clock=lambda: 0.0)
+    limits = MemoryLimits(monotonic=lambda: 0.0)
     first, second = Tenant(rpm=10, key_prefix="rm-aaaaa", key_rpm=1), Tenant(rpm=10, key_prefix="rm-bbbbb")
     check_rates(limits, first, 10, 10)
     with pytest.raises(RateLimited, match=r"key rm-aaaaa\.\.\. is over its 1 requests per minute"):

@@ -25,6 +25,8 @@ app.add_typer(encoders_app, name="encoders")
 tenants_app = typer.Typer(help="Tenants of the gateway and their API keys (in the call log's database).",
                           no_args_is_help=True)
 app.add_typer(tenants_app, name="tenants")
+db_app = typer.Typer(help="The call log's database: numbered schema migrations.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
 console = Console()
 DEMO_TENANT = "demo"
 
@@ -79,12 +81,13 @@ def _stages():
         finish_last()
 
 
-def _fetch(mirror: Path | None):
+def _fetch(mirror: Path | None, sources: tuple[str, ...] = ()):
+    """The pinned files (of ``sources`` alone when given), downloaded or read from the mirror, all verified."""
     from router_ml.data.sources import fetch, load_manifest
 
     settings = get_settings()
     mirror = mirror or settings.data_mirror
-    entries = load_manifest(settings.manifest)
+    entries = [e for e in load_manifest(settings.manifest) if not sources or e.source in sources]
     with _progress() as bar:
         task = bar.add_task("verify mirror" if mirror else "download", total=len(entries))
         files = fetch(entries, settings.cache_dir, mirror=mirror, base_url=settings.github_raw_base,
@@ -128,6 +131,37 @@ def datasets_prepare(
     report.write_skips(skips)
     _print_summary(table, report, zeroeval.reproduction(files, table))
     console.print(f"\nwrote {table.height:,} outcomes to {out}; every skipped row ({len(report.skips)}) is listed in {skips}")
+
+
+@datasets_app.command("replay")
+@_clear_errors
+def datasets_replay(
+    mirror: MirrorOption = None,
+    out: Annotated[Optional[Path], typer.Option(help="Parquet file to write (default: $ROUTER_ML_REPLAY_PATH).")] = None,
+) -> None:
+    """Build RouterBench's slice of the outcomes table (seconds): the recorded answers the replay provider serves
+    and the demo traffic's prompts, without the full table's near-duplicate grouping."""
+    _write_replay_slice(mirror, out or get_settings().replay_path)
+
+
+def _write_replay_slice(mirror: Path | None, out: Path) -> None:
+    import time
+
+    from router_ml.data.prepare import REPLAY_SOURCE, replay_slice
+    from router_ml.data.report import ImportReport
+
+    started = time.perf_counter()
+    files, _, _ = _fetch(mirror, (REPLAY_SOURCE,))
+    report = ImportReport()
+    with _stages() as progress:
+        table = replay_slice(files, report, progress)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    table.write_parquet(out, compression="zstd")
+    skips = out.with_suffix(".skipped.tsv")
+    report.write_skips(skips)
+    console.print(f"wrote {table.height:,} {REPLAY_SOURCE} outcomes ({table['model'].n_unique()} models) to {out} "
+                  f"in {time.perf_counter() - started:.0f} s; every skipped row ({len(report.skips)}) is listed in "
+                  f"{skips}", soft_wrap=True)
 
 
 @datasets_app.command("zeroeval-check")
@@ -394,6 +428,10 @@ def serve_command(
     settings = get_settings()
     if not (settings.static_encoder / "model.safetensors").is_file():
         _encoder("static")  # built once, about 20 s; every worker then loads it
+    if settings.provider == "replay" and not settings.replay_table().is_file():
+        console.print("no outcomes table yet: building RouterBench's slice for the replay provider (seconds; "
+                      "`make data` builds the full table for training)", markup=False)
+        _write_replay_slice(None, settings.replay_path)
     url = f"http://{host}:{port}"
     console.print(f"router-ml gateway on {url} (bundle {settings.bundle}, provider {settings.provider})\n",
                   soft_wrap=True)  # unwrapped, so the examples below paste as they are
@@ -432,7 +470,7 @@ def _start_demo_traffic(settings, url: str, rate: float):
     console.print(f"demo traffic: {rate:g} real prompt(s) per second as tenant {DEMO_TENANT!r}; watch it on the "
                   f"dashboard (this link's key is revoked when the server stops):\n  {url}/dashboard#range=1h&key={key}\n",
                   markup=False, soft_wrap=True)
-    return DemoTraffic(url, key, demo_prompts(settings.outcomes_path), rate).start()
+    return DemoTraffic(url, key, demo_prompts(settings.replay_table()), rate).start()
 
 
 def _stop_demo_traffic(settings, traffic) -> None:
@@ -616,6 +654,50 @@ def tenants_revoke_key(name: str, prefix: str, store_url: StoreUrlOption = None)
     console.print(f"revoked the key {prefix[:8]}... of tenant {name!r}", markup=False)
 
 
+@contextmanager
+def _database(store_url: str | None):
+    """The URL to work on (default: the settings'), its printable form (no password); a schema newer than this
+    code or a database that cannot be opened ends the command with its message."""
+    import sqlalchemy as sa
+    from rich.markup import escape
+
+    from router_ml.calllog import SchemaTooNew
+
+    url = store_url or get_settings().store_url
+    try:
+        yield url, sa.make_url(url).render_as_string(hide_password=True)
+    except (SchemaTooNew, sa.exc.DBAPIError) as exc:
+        console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
+        raise typer.Exit(code=1) from exc
+
+
+@db_app.command("upgrade")
+def db_upgrade(store_url: StoreUrlOption = None) -> None:
+    """Bring the database to the newest schema (what the gateway also does when it starts), under a lock; a
+    database made before numbered migrations is recognised from its tables and stamped first."""
+    from router_ml.calllog import upgrade
+
+    with _database(store_url) as (url, shown):
+        done = upgrade(url)
+    console.print(f"{shown}: {done.describe()}", markup=False, soft_wrap=True)
+
+
+@db_app.command("current")
+def db_current(store_url: StoreUrlOption = None) -> None:
+    """The database's schema version and the migrations `db upgrade` would apply; changes nothing."""
+    from router_ml.calllog import status
+
+    with _database(store_url) as (url, shown):
+        state = status(url)
+    found = (f"version {state.version}" if state.recorded
+             else f"no schema_version table; its tables are those of version {state.version}")
+    console.print(f"{shown}: {found} (newest known: {state.head})", markup=False, soft_wrap=True)
+    if state.version > state.head:
+        console.print("newer than this router-ml: run the release that upgraded it", markup=False)
+    for migration in state.pending:
+        console.print(f"  pending {migration.label} (released in {migration.commit})", markup=False)
+
+
 def _print_frame(title: str, frame: pl.DataFrame, floats: str = "{:.4g}") -> None:
     table = Table(title=title, title_justify="left")
     for name in frame.columns:
@@ -675,13 +757,14 @@ def forecast_command(
     import json
     from datetime import UTC
 
+    from router_ml.clock import utc_now
     from router_ml.forecast import METRICS, daily_usage, forecast_history, forecast_usage
 
     url = store_url or get_settings().store_url
     usage = daily_usage(url, tenant=tenant, until=as_of.date() if as_of is not None else None)
     if usage.height == 0:
         raise ValueError(f"no calls{f' of tenant {tenant!r}' if tenant else ''} in the call log")
-    now = as_of.replace(tzinfo=UTC) if as_of is not None else datetime.now(UTC)
+    now = as_of.replace(tzinfo=UTC) if as_of is not None else utc_now()
     names = [tenant] if tenant else sorted(n for n in usage["tenant"].unique().to_list() if n is not None) + [None]
     periods = sorted({min(7, horizon), horizon})
     report = {}

@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     traces_mirror: Path | None = None
     """A local directory laid out like shared/traces; read instead of downloading."""
     outcomes_path: Path = PROJECT_ROOT / "data" / "outcomes.parquet"
+    replay_path: Path = PROJECT_ROOT / "data" / "replay.parquet"
+    """RouterBench's slice of the outcomes table (``router-ml datasets replay``): the recorded answers the replay
+    provider serves and the demo traffic's prompts when there is no full outcomes table."""
     github_raw_base: str = "https://raw.githubusercontent.com"
     bundle: Path = PROJECT_ROOT / "models" / "default"
     """The router bundle the server loads."""
@@ -68,6 +71,12 @@ class Settings(BaseSettings):
     """Where a new MLflow experiment keeps its artifacts (the logged bundles)."""
     static_encoder: Path = PROJECT_ROOT / "models" / "minilm-static"
     """The static encoder's directory: built there by ``router-ml train`` on first use, loaded by bundles."""
+
+
+    def replay_table(self) -> Path:
+        """The table the replay provider and the demo traffic read: the full outcomes table when it has been
+        built (it holds every source's recorded answers), else RouterBench's slice."""
+        return self.outcomes_path if self.outcomes_path.is_file() else self.replay_path
 
 
 @lru_cache(maxsize=1)

@@ -89,3 +89,14 @@ def duplicate_summary(table: pl.DataFrame) -> pl.DataFrame:
         .agg(pl.len().alias("groups"))
         .sort("groups", descending=True)
     )
+
+
+REPLAY_SOURCE = "routerbench"
+
+
+def replay_slice(files: DataFiles, report: ImportReport, progress: Progress | None = None) -> pl.DataFrame:
+    """The outcomes table of RouterBench alone, without near-duplicate grouping: what serving the default bundle
+    with the replay provider and the demo traffic need (its 11 models' recorded answers), built in seconds."""
+    if REPLAY_SOURCE not in files.sources():
+        raise ValueError(f"the replay slice needs the {REPLAY_SOURCE} files of the manifest; none were fetched")
+    return prepare(files.only(REPLAY_SOURCE), report, encoder=None, progress=progress)

@@ -102,6 +102,10 @@ class DataFiles:
     def sources(self) -> list[str]:
         return sorted({s for s, _ in self._files})
 
+    def only(self, *sources: str) -> DataFiles:
+        """The files of ``sources`` alone."""
+        return DataFiles({key: local for key, local in self._files.items() if key[0] in sources})
+
     def read_bytes(self, source: str, path: str) -> bytes:
         return _read_content(self.local_path(source, path))
 

@@ -144,12 +144,13 @@ def _reference_usd(row: _Group, reference: str | None) -> float | None:
 
 
 def resolve_range(start: datetime | None, end: datetime | None, bucket: str,
-                  now: datetime | None = None) -> tuple[datetime, datetime]:
-    """[start, end) aligned outward to whole buckets, UTC; ValueError naming what is wrong."""
+                  now: datetime) -> tuple[datetime, datetime]:
+    """[start, end) aligned outward to whole buckets, UTC (``end`` defaults to ``now``, the app's clock); ValueError
+    naming what is wrong."""
     if bucket not in BUCKET_SECONDS:
         raise ValueError(f"bucket must be 'minute', 'hour' or 'day', not {bucket!r}")
     seconds = BUCKET_SECONDS[bucket]
-    end = (end or now or datetime.now(UTC)).astimezone(UTC)
+    end = (end or now).astimezone(UTC)
     start = (start or end - DEFAULT_SPAN[bucket]).astimezone(UTC)
     if start >= end:
         raise ValueError(f"start ({start.isoformat()}) must be before end ({end.isoformat()})")

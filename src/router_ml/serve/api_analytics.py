@@ -1,5 +1,6 @@
 """``/v1/analytics/*``: the usage report and the usage forecast of one tenant (its own key) or of all (the
-admin key), read from the call log. Queries run in a worker thread: the event loop keeps serving calls."""
+admin key), read from the call log. Queries run in a worker thread: the event loop keeps serving calls. "Now" (a
+range's default end, where a forecast starts, the budget periods) is the app's clock (``app.state.clock``)."""
 
 from __future__ import annotations
 
@@ -46,7 +47,8 @@ async def usage(request: Request, scope: Viewer, start: str | None = None, end: 
                 bucket: str = "hour"):
     store = _store(request)
     try:
-        first, last = analytics.resolve_range(_timestamp(start, "start"), _timestamp(end, "end"), bucket)
+        first, last = analytics.resolve_range(_timestamp(start, "start"), _timestamp(end, "end"), bucket,
+                                              request.app.state.clock.now())
     except ValueError as exc:
         raise APIError(400, str(exc), param="bucket" if "bucket" in str(exc) else "start") from exc
 
@@ -62,26 +64,10 @@ async def usage(request: Request, scope: Viewer, start: str | None = None, end: 
 async def forecast(request: Request, scope: Viewer, horizon: int = Query(30, ge=1, le=90),
                    history_days: int = Query(56, ge=1, le=366)):
     store = _store(request)
-    tenants = request.app.state.tenants
+    tenants, clock = request.app.state.tenants, request.app.state.clock
 
     def outlook() -> dict:
-        from router_ml.forecast import forecast_history, forecast_usage  # offline code: loaded on first use
-
         store.flush(timeout=FLUSH_TIMEOUT_S)
-        now = datetime.now(UTC)
-        history, note = forecast_history(store.engine, scope.tenant, now, history_days)
-        out = {"scope": {"tenant": scope.tenant, "admin": scope.admin}, "method": None, "note": note,
-               "history": [{**row, "day": row["day"].isoformat()} for row in history.to_dicts()],
-               "forecast": [], "next_7_days": None, "next_30_days": None, "budgets": [], "warnings": []}
-        if history.height == 0:
-            return out
-        predicted = forecast_usage(history, horizon=horizon)
-        tenant = tenants.get_tenant(scope.tenant) if scope.tenant is not None and tenants is not None else None
-        budgets = budget_outlook.budgets(tenant, store, predicted, now.date(), now) if tenant is not None else []
-        out.update(method=predicted["method"][0],
-                   forecast=[{**row, "day": row["day"].isoformat()} for row in predicted.drop("method").to_dicts()],
-                   next_7_days=budget_outlook.total(predicted, 7), next_30_days=budget_outlook.total(predicted, 30),
-                   budgets=budgets, warnings=[b["warning"] for b in budgets if b["runs_out"]])
-        return out
+        return budget_outlook.report(store, tenants, scope, clock.now(), horizon, history_days)
 
     return await asyncio.to_thread(outlook)

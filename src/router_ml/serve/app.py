@@ -6,6 +6,7 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
+from router_ml.clock import SYSTEM_CLOCK, Clock
 from router_ml.serve import (api_admin, api_analytics, api_chat, api_dashboard, api_feedback, api_meta, api_metrics,
                               api_route, errors)
 from router_ml.serve.metrics import Metrics, RequestMetrics
@@ -17,14 +18,16 @@ MAX_BODY_BYTES = 16 << 20  # a long-context request with images stays well below
 
 def create_app(bundle_dir: Path, providers: dict, store=None, encoder=None,
                max_body_bytes: int = MAX_BODY_BYTES, tenants=None, admin_key: str | None = None,
-               limits=None, cache=None) -> FastAPI:
+               limits=None, cache=None, clock: Clock = SYSTEM_CLOCK) -> FastAPI:
     """An app routing with the bundle in ``bundle_dir``; ``providers`` maps each served model name to the
     provider that answers for it; ``store`` (optional) receives every call for the call log. A request body
     over ``max_body_bytes`` is refused with 413 before it is read in full. With ``tenants`` (a
     :class:`~router_ml.serve.tenants.TenantStore`) every ``/v1/*`` call needs a tenant's API key and
     ``/admin/*`` needs ``admin_key`` (see :mod:`router_ml.serve.auth`); without, auth is off. ``limits`` (a
     :mod:`router_ml.serve.limits` backend) enforces each tenant's rate limits and budgets; ``cache`` (a
-    :class:`~router_ml.serve.cache.ResponseCache`) answers repeated requests of a tenant."""
+    :class:`~router_ml.serve.cache.ResponseCache`) answers repeated requests of a tenant. ``clock``
+    (:mod:`router_ml.clock`) is "now" for the analytics (ranges, forecasts, budget outlooks); give the store, the
+    tenants and the limits the same one (their ``clock=``), as :func:`router_ml.serve.main.build_app` does."""
     app = FastAPI(title="router-ml", version="0.1.0")
     app.add_middleware(errors.BodyLimit, limit=max_body_bytes)
     app.state.bundles = BundleHolder(bundle_dir, encoder=encoder)
@@ -34,6 +37,7 @@ def create_app(bundle_dir: Path, providers: dict, store=None, encoder=None,
     app.state.admin_key = admin_key
     app.state.limits = limits
     app.state.cache = cache
+    app.state.clock = clock
     app.state.log_rejects = 0  # calls the call log refused (each also logged as an error)
     app.state.metrics = Metrics(app.state.providers, app.state.bundles)
     app.add_middleware(RequestMetrics, metrics=app.state.metrics, routes=app.routes)  # outermost: counts 413s

@@ -19,7 +19,9 @@ the seconds to wait (for Retry-After) when there are not enough. Requests and to
 two buckets.
 
 Backends: :class:`MemoryLimits` (one process: the embedded default) and :class:`RedisLimits` (every
-replica shares the same counters), chosen by :func:`limits_for`.
+replica shares the same counters), chosen by :func:`limits_for`. The current period comes from the ``now``
+a call passes, else from the backend's ``clock`` (:mod:`router_ml.clock`; tests pin it); the buckets refill by
+``time.monotonic`` (``monotonic=`` in process) or the Redis server's clock, never the calendar.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+
+from router_ml.clock import SYSTEM_CLOCK, Clock
 
 NANO = 1_000_000_000
 PERIODS = ("day", "month")
@@ -72,11 +76,20 @@ def _zero(_tenant: str, _period: str, _start: datetime) -> float:
     return 0.0
 
 
-class MemoryLimits:
-    """Budgets and buckets in this process (one lock); spend starts from ``initial_spend``."""
+def _calendar(clock: Clock) -> Clock:
+    if not isinstance(clock, Clock):  # e.g. a callable of seconds, which is what the buckets' ``monotonic=`` takes
+        raise TypeError(f"clock= is the calendar clock (an object with now(), see router_ml.clock), not {clock!r}; "
+                        "the rate buckets' seconds come from monotonic=")
+    return clock
 
-    def __init__(self, initial_spend: InitialSpend = _zero, clock: Callable[[], float] = time.monotonic):
-        self._initial, self._clock = initial_spend, clock
+
+class MemoryLimits:
+    """Budgets and buckets in this process (one lock); spend starts from ``initial_spend``. Periods follow
+    ``clock``, the buckets refill by ``monotonic`` (seconds)."""
+
+    def __init__(self, initial_spend: InitialSpend = _zero, clock: Clock = SYSTEM_CLOCK,
+                 monotonic: Callable[[], float] = time.monotonic):
+        self._initial, self.clock, self._monotonic = initial_spend, _calendar(clock), monotonic
         self._lock = threading.Lock()
         self._spent: dict[tuple[str, str, str], int] = {}
         self._buckets: dict[str, tuple[float, float]] = {}
@@ -89,7 +102,7 @@ class MemoryLimits:
 
     def reserve(self, tenant: str, usd: float, budgets: dict[str, float | None],
                 now: datetime | None = None) -> Reservation:
-        starts = period_starts(now or datetime.now(UTC))
+        starts = period_starts(now or self.clock.now())
         nano = _nano(usd)
         with self._lock:
             keys = {p: self._counter(tenant, p, starts[p]) for p in PERIODS}
@@ -108,12 +121,12 @@ class MemoryLimits:
                 self._spent[(reservation.tenant, period, period_id)] += delta
 
     def spent(self, tenant: str, now: datetime | None = None) -> dict[str, float]:
-        starts = period_starts(now or datetime.now(UTC))
+        starts = period_starts(now or self.clock.now())
         with self._lock:
             return {p: self._spent[self._counter(tenant, p, starts[p])] / NANO for p in PERIODS}
 
     def take(self, key: str, per_minute: float, amount: float = 1.0) -> float | None:
-        now = self._clock()
+        now = self._monotonic()
         rate = per_minute / 60.0
         with self._lock:
             tokens, last = self._buckets.get(key, (per_minute, now))
@@ -177,11 +190,13 @@ return wait
 class RedisLimits:
     """Budgets and buckets on a Redis server, shared by every replica; ``prefix`` namespaces the keys."""
 
-    def __init__(self, url: str, initial_spend: InitialSpend = _zero, prefix: str = "router-ml:"):
+    def __init__(self, url: str, initial_spend: InitialSpend = _zero, prefix: str = "router-ml:",
+                 clock: Clock = SYSTEM_CLOCK):
         import redis
 
         self.client = redis.Redis.from_url(url)
         self.prefix = prefix
+        self.clock = _calendar(clock)
         self._initial = initial_spend
         self._reserve = self.client.register_script(_RESERVE)
         self._take = self.client.register_script(_TAKE)
@@ -195,7 +210,7 @@ class RedisLimits:
 
     def reserve(self, tenant: str, usd: float, budgets: dict[str, float | None],
                 now: datetime | None = None) -> Reservation:
-        starts = period_starts(now or datetime.now(UTC))
+        starts = period_starts(now or self.clock.now())
         ids = {p: _period_id(p, starts[p]) for p in PERIODS}
         keys = [self._key(tenant, p, ids[p]) for p in PERIODS]
         nano = _nano(usd)
@@ -219,7 +234,7 @@ class RedisLimits:
             pipe.execute()
 
     def spent(self, tenant: str, now: datetime | None = None) -> dict[str, float]:
-        starts = period_starts(now or datetime.now(UTC))
+        starts = period_starts(now or self.clock.now())
         values = self.client.mget([self._key(tenant, p, _period_id(p, starts[p])) for p in PERIODS])
         return {p: (int(v) if v is not None else _nano(self._initial(tenant, p, starts[p]))) / NANO
                 for p, v in zip(PERIODS, values)}
@@ -234,6 +249,7 @@ class RedisLimits:
         self.client.close()
 
 
-def limits_for(redis_url: str | None, initial_spend: InitialSpend = _zero) -> MemoryLimits | RedisLimits:
+def limits_for(redis_url: str | None, initial_spend: InitialSpend = _zero,
+               clock: Clock = SYSTEM_CLOCK) -> MemoryLimits | RedisLimits:
     """Redis when a URL is configured (several replicas), else this process's memory."""
-    return RedisLimits(redis_url, initial_spend) if redis_url else MemoryLimits(initial_spend)
+    return RedisLimits(redis_url, initial_spend, clock=clock) if redis_url else MemoryLimits(initial_spend, clock)

@@ -1,7 +1,7 @@
 """Build the served app from settings (``ROUTER_ML_*``), for ``router-ml serve`` and uvicorn workers.
 
 Providers: ``replay`` (the default: recorded dataset answers, offline) serves every model of the
-bundle from the outcomes table; ``openai`` sends every model to one OpenAI-compatible base URL
+bundle from the outcomes table, or RouterBench's slice of it when the full table was never built; ``openai`` sends every model to one OpenAI-compatible base URL
 (``ROUTER_ML_UPSTREAM_BASE_URL``, key from ``ROUTER_ML_UPSTREAM_API_KEY``: never from code), which
 also reaches OpenRouter (``https://openrouter.ai/api/v1``), vLLM or Ollama; ``catalog`` reads which
 provider serves each model from ``ROUTER_ML_PROVIDERS_FILE`` (:mod:`router_ml.serve.catalog`).
@@ -45,11 +45,13 @@ def providers_for(models: list[str], settings, pool: UpstreamPool | None = None)
     if settings.provider == "replay":
         from router_ml.serve.providers.replay import ReplayProvider
 
-        if not settings.outcomes_path.is_file():
-            raise ValueError(f"the replay provider needs the outcomes table at {settings.outcomes_path}: "
-                             "run `router-ml datasets prepare` (make run does)")
-        frame = pl.read_parquet(settings.outcomes_path, columns=["prompt", "model", "response", "output_tokens",
-                                                                 "input_tokens", "latency_ms"])
+        table = settings.replay_table()
+        if not table.is_file():
+            raise ValueError(f"the replay provider needs recorded answers: neither the outcomes table "
+                             f"{settings.outcomes_path} nor the replay slice {settings.replay_path} exists; run "
+                             "`router-ml datasets replay` (seconds; `router-ml serve` does it when missing)")
+        frame = pl.read_parquet(table, columns=["prompt", "model", "response", "output_tokens", "input_tokens",
+                                                "latency_ms"])
         replay = ReplayProvider.from_outcomes(frame.filter(pl.col("model").is_in(models)), models,
                                               speed=settings.replay_speed)
         return {m: ReliableProvider(replay, f"replay/{m}") for m in models if m in replay.models}
@@ -85,6 +87,7 @@ def response_cache(settings, encode):
 def build_app():
     """The app for uvicorn's ``factory=True``: bundle, providers and call log from the settings."""
     from router_ml.bundle import load_bundle
+    from router_ml.clock import SYSTEM_CLOCK
     from router_ml.serve.app import create_app
     from router_ml.serve.limits import limits_for
     from router_ml.serve.state import watch
@@ -93,14 +96,15 @@ def build_app():
 
     settings = get_settings()
     models = load_bundle(settings.bundle).models
-    store = CallStore(settings.store_url, journal_dir=settings.store_journal)
-    tenants = TenantStore(settings.store_url)
+    clock = SYSTEM_CLOCK  # one "now" for the call log's stamps, budget periods and analytics
+    store = CallStore(settings.store_url, journal_dir=settings.store_journal, clock=clock)
+    tenants = TenantStore(settings.store_url, clock=clock)
     # A budget period's spend starts from the call log, so a restart does not reset it.
-    limits = limits_for(settings.redis_url, lambda tenant, _period, start: store.spend(tenant, start))
+    limits = limits_for(settings.redis_url, lambda tenant, _period, start: store.spend(tenant, start), clock=clock)
     pool = UpstreamPool()
     cache = response_cache(settings, lambda texts: app.state.bundles.current.encoder.encode(texts))
     app = create_app(settings.bundle, providers_for(models, settings, pool), store=store, tenants=tenants,
-                     admin_key=settings.admin_key, limits=limits, cache=cache)
+                     admin_key=settings.admin_key, limits=limits, cache=cache, clock=clock)
 
     @asynccontextmanager
     async def lifespan(app):

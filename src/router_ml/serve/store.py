@@ -6,7 +6,8 @@
 'error'), ``error``, ``http_status``, ``bundle_version``, ``routed`` (chosen by the router, not
 named by the caller), ``policy`` (JSON text) and ``feedback_at``. ``flags`` and ``messages`` are
 JSON text. :meth:`CallStore.outcomes` turns the 'ok' rows back into an outcomes table that
-``router-ml train`` can read; failed calls are never outcomes.
+``router-ml train`` can read; failed calls are never outcomes. Opening a store brings the database to the newest
+schema (:func:`router_ml.calllog.upgrade`: numbered migrations, under a lock).
 
 Hot path. :meth:`CallStore.record` checks the row's required fields, stamps ``call_id`` and
 ``ts`` and puts it on an in-memory queue: O(1), no I/O, no lock held against the database. A
@@ -56,6 +57,8 @@ from typing import Any
 import polars as pl
 import sqlalchemy as sa
 
+from router_ml.calllog import upgrade
+from router_ml.clock import SYSTEM_CLOCK, Clock
 from router_ml.data import schema
 from router_ml.data.dedup import normalize_text, text_hash
 from router_ml.data.importers.common import prompt_id as stable_prompt_id
@@ -73,6 +76,8 @@ REQUIRED_ALWAYS = ("prompt", "model", "task", "http_status")
 REQUIRED_OK = tuple(n for n in schema.NON_NULL if n not in _DERIVED and n not in REQUIRED_ALWAYS)
 _JSON_COLUMNS = ("flags", "policy", "messages")
 
+# What the queries use. A change of these tables needs a new numbered migration in
+# router_ml.calllog.migrations (tests/test_migrations.py checks that its head equals these definitions).
 metadata = sa.MetaData()
 calls = sa.Table(
     "calls",
@@ -160,8 +165,9 @@ class CallStore:
     """Call log of the gateway; see the module docstring for the write path and its durability."""
 
     def __init__(self, url: str, batch_size: int = 500, interval: float = 0.05, retry_delay: float = 0.05,
-                 journal_dir: Path | str | None = None, segment_bytes: int = 4 << 20):
+                 journal_dir: Path | str | None = None, segment_bytes: int = 4 << 20, clock: Clock = SYSTEM_CLOCK):
         self.url = url
+        self.clock = clock  # stamps ts (when a call gives none) and feedback_at
         self.batch_size = batch_size
         self.interval = interval
         self.retry_delay = retry_delay
@@ -172,8 +178,7 @@ class CallStore:
         self.corrupt_journal_lines = 0
         self.dead_letter: list[dict] = []
         self.engine = self._engine(url)
-        metadata.create_all(self.engine)
-        self._add_missing_columns()
+        upgrade(self.engine)  # every table of the call log's database at the newest schema (router_ml.calllog)
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._closed = False
         self._close_lock = threading.Lock()
@@ -190,22 +195,6 @@ class CallStore:
             self._segment = self._open_segment()
         self._writer = threading.Thread(target=self._run, name="call-store-writer", daemon=True)
         self._writer.start()
-
-    def _add_missing_columns(self) -> None:
-        """Columns and indexes added to ``calls`` since a log was created (nullable columns only) are added to it."""
-        inspector = sa.inspect(self.engine)
-        present = {c["name"] for c in inspector.get_columns("calls")}
-        indexed = {i["name"] for i in inspector.get_indexes("calls")}
-        with self.engine.begin() as conn:
-            for column in calls.columns:
-                if column.name not in present:
-                    kind = column.type.compile(dialect=self.engine.dialect)
-                    conn.execute(sa.text(f"ALTER TABLE calls ADD COLUMN {column.name} {kind}"))
-                    log.warning("call store: added column %s to the existing calls table", column.name)
-            for index in calls.indexes:
-                if index.name not in indexed:
-                    index.create(conn)
-                    log.warning("call store: added index %s to the existing calls table", index.name)
 
     @staticmethod
     def _engine(url: str) -> sa.Engine:
@@ -252,7 +241,7 @@ class CallStore:
         if row.get("call_id") is None:
             row["call_id"] = uuid.uuid4().hex
         if row.get("ts") is None:
-            row["ts"] = datetime.now(UTC)
+            row["ts"] = self.clock.now()
         if self._segment is None:
             self._queue.put(row)
             return row["call_id"]
@@ -501,7 +490,7 @@ class CallStore:
         """
         quality = _check_quality(quality)
         update = (sa.update(calls).where(calls.c.call_id == call_id, calls.c.status == "ok")
-                  .values(quality=quality, feedback_at=datetime.now(UTC)))
+                  .values(quality=quality, feedback_at=self.clock.now()))
         for attempt in (1, 2):
             with self.engine.begin() as conn:
                 if conn.execute(update).rowcount:

@@ -28,6 +28,8 @@ from datetime import UTC, datetime
 import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from router_ml.calllog import upgrade
+from router_ml.clock import SYSTEM_CLOCK, Clock
 from router_ml.serve.policy import Policy
 
 KEY_PREFIX = "rm-"
@@ -35,6 +37,8 @@ SHOWN_CHARS = 8  # of a key, kept in clear to tell keys apart
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 _CACHE_LIMIT = 10_000  # entries; beyond, the cache starts over (bounds memory under a flood of made-up keys)
 
+# What the queries use. A change of these tables needs a new numbered migration in
+# router_ml.calllog.migrations (tests/test_migrations.py checks that its head equals these definitions).
 metadata = sa.MetaData()
 
 tenants = sa.Table(
@@ -151,12 +155,13 @@ def hash_key(key: str) -> str:
 class TenantStore:
     """Tenants and keys on the SQLAlchemy ``url`` (the call log's database: SQLite or PostgreSQL)."""
 
-    def __init__(self, url: str, ttl: float = 5.0):
+    def __init__(self, url: str, ttl: float = 5.0, clock: Clock = SYSTEM_CLOCK):
         self.url, self.ttl = url, ttl
+        self.clock = clock  # stamps created_at and revoked_at
         sqlite = url.startswith("sqlite")
         self.engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 30} if sqlite else {},
                                        pool_pre_ping=not sqlite)
-        metadata.create_all(self.engine)
+        upgrade(self.engine)  # every table of the call log's database at the newest schema (router_ml.calllog)
         self._cache: dict[str, tuple[float, Tenant | None]] = {}
 
     def close(self) -> None:
@@ -172,7 +177,7 @@ class TenantStore:
         values = _columns(validate_settings(settings))
         try:
             with self.engine.begin() as conn:
-                conn.execute(tenants.insert().values(name=name, created_at=datetime.now(UTC), **values))
+                conn.execute(tenants.insert().values(name=name, created_at=self.clock.now(), **values))
         except sa.exc.IntegrityError as exc:
             raise ValueError(f"tenant name {name!r} is taken") from exc
         return self.get_tenant(name)
@@ -216,7 +221,7 @@ class TenantStore:
         key = KEY_PREFIX + secrets.token_urlsafe(32)
         with self.engine.begin() as conn:
             conn.execute(api_keys.insert().values(tenant_id=tenant.id, key_hash=hash_key(key), rpm=rpm, tpm=tpm,
-                                                  prefix=key[:SHOWN_CHARS], created_at=datetime.now(UTC)))
+                                                  prefix=key[:SHOWN_CHARS], created_at=self.clock.now()))
         return key
 
     def list_keys(self, name: str) -> list[dict]:
@@ -240,7 +245,7 @@ class TenantStore:
         update = (api_keys.update()
                   .where(api_keys.c.tenant_id == tenant.id, api_keys.c.prefix == prefix[:SHOWN_CHARS],
                          api_keys.c.revoked_at.is_(None))
-                  .values(revoked_at=datetime.now(UTC)))
+                  .values(revoked_at=self.clock.now()))
         with self.engine.begin() as conn:
             revoked = conn.execute(update).rowcount
         if not revoked:

@@ -1,0 +1,22 @@
+"""The call log's database: the tables the gateway owns (``calls``, ``tenants``, ``api_keys``) and their numbered
+schema migrations, recorded in ``schema_version``.
+
+:func:`upgrade` brings a database to the newest schema under a lock (two replicas starting together apply each
+migration once); ``CallStore`` and ``TenantStore`` call it when they open, ``router-ml db upgrade`` on demand. Only
+SQLAlchemy and the standard library are imported here: the serving process imports this package.
+"""
+
+from router_ml.calllog.migrations import (
+    MIGRATIONS,
+    VERSION_TABLE,
+    Migration,
+    SchemaTooNew,
+    Status,
+    Upgrade,
+    head,
+    status,
+    upgrade,
+)
+
+__all__ = ["MIGRATIONS", "VERSION_TABLE", "Migration", "SchemaTooNew", "Status", "Upgrade", "head", "status",
+           "upgrade"]
