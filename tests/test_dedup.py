@@ -9,10 +9,26 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from router_ml.data.dedup import boilerplate_lines, dedup_view, group_ids, normalize_text, similar_pairs
+from router_ml.data.dedup import (RULES, boilerplate_lines, dedup_view, group_ids, normalize_text, rule_for,
+                                  similar_pairs)
 from router_ml.data.importers import llmrouter, mmlu_pro, routellm, routerbench
 from router_ml.data.report import ImportReport
-from router_ml.embed import MiniLMEncoder
+from router_ml.embed import STATIC_DIMS, MiniLMEncoder, build_static_encoder
+
+
+@pytest.fixture(scope="module", params=["static", "minilm"])
+def dedup_encoder(request, tmp_path_factory):
+    """Each encoder that has a checked near-duplicate rule: the static one `make data` uses (at the dimensions its
+    rule was chosen for) and MiniLM."""
+    if request.param == "minilm":
+        return MiniLMEncoder()
+    return build_static_encoder(tmp_path_factory.mktemp("static") / "dedup", STATIC_DIMS)
+
+
+def test_every_encoder_with_a_rule_is_tested_and_others_are_refused(dedup_encoder):
+    assert dedup_encoder.encoder_id in RULES and len(RULES) == 2
+    with pytest.raises(ValueError, match="minilm-static-64"):
+        rule_for("minilm-static-64")
 
 
 @given(st.text())
@@ -76,7 +92,7 @@ def _find(frame: pl.DataFrame, source: str, start: str) -> str:
     return found[0]
 
 
-def test_real_cross_source_near_duplicates_share_a_group(real_prompts, real_files):
+def test_real_cross_source_near_duplicates_share_a_group(real_prompts, real_files, dedup_encoder):
     """Real copies that differ in options or instructions: MMLU in MMLU-Pro, GSM8K in LLMRouter's MGSM task."""
     frame = real_prompts
 
@@ -100,7 +116,7 @@ def test_real_cross_source_near_duplicates_share_a_group(real_prompts, real_file
     neighbours = [p for task in ("agentverse-mgsm", "mmlu")
                   for p in frame.filter(pl.col("task") == task)["prompt"].unique().sort().head(150)]
     prompts = [p for pair in copies for p in pair] + distinct + neighbours + pro_prompts[:200]
-    groups = dict(group_ids(prompts, MiniLMEncoder()).iter_rows())
+    groups = dict(group_ids(prompts, dedup_encoder).iter_rows())
     for a, b in copies:
         assert a != b and groups[a] == groups[b], (a[:80], b[:80])
     assert groups[distinct[0]] != groups[distinct[1]]

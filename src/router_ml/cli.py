@@ -109,21 +109,21 @@ def datasets_fetch(mirror: MirrorOption = None) -> None:
 def datasets_prepare(
     mirror: MirrorOption = None,
     out: Annotated[Optional[Path], typer.Option(help="Parquet file to write (default: $ROUTER_ML_OUTCOMES_PATH).")] = None,
-    near_duplicates: Annotated[bool, typer.Option(help="Also group near-duplicates by MiniLM embedding.")] = True,
+    near_duplicates: Annotated[bool, typer.Option(help="Also group near-duplicates by embedding.")] = True,
+    encoder: Annotated[str, typer.Option(help="Embedding of the near-duplicate step: static (seconds) or minilm "
+                                              "(cached; tens of minutes on 2 cores the first time).")] = "static",
 ) -> None:
     """Build the outcomes table from all sources and print the per-source summary."""
     from router_ml.data.importers import zeroeval
     from router_ml.data.prepare import prepare
     from router_ml.data.report import ImportReport
-    from router_ml.embed import EmbeddingCache, MiniLMEncoder
 
     settings = get_settings()
     files, _, _ = _fetch(mirror)
     report = ImportReport()
-    encoder = MiniLMEncoder() if near_duplicates else None
-    cache = EmbeddingCache(settings.cache_dir / "embeddings", MiniLMEncoder.encoder_id)
+    embedding = _encoder(encoder) if near_duplicates else None
     with _stages() as progress:
-        table = prepare(files, report, encoder, cache, progress)
+        table = prepare(files, report, embedding, None, progress)
     out = out or settings.outcomes_path
     out.parent.mkdir(parents=True, exist_ok=True)
     table.write_parquet(out, compression="zstd")
@@ -180,16 +180,20 @@ def datasets_zeroeval_check(mirror: MirrorOption = None) -> None:
 
 @datasets_app.command("dedup-check")
 @_clear_errors
-def datasets_dedup_check(mirror: MirrorOption = None) -> None:
-    """Score near-duplicate rules on a labeled set: MMLU questions that MMLU-Pro re-asks with other options."""
+def datasets_dedup_check(
+    mirror: MirrorOption = None,
+    encoder: Annotated[str, typer.Option(help="static or minilm: whose near-duplicate rules to score.")] = "static",
+) -> None:
+    """Score near-duplicate rules on a labeled set: MMLU questions that MMLU-Pro re-asks with other options (the
+    encoder's chosen rule is the last row)."""
     from router_ml.data.dedup_check import check
-    from router_ml.embed import EmbeddingCache, MiniLMEncoder
 
     files, _, _ = _fetch(mirror)
-    cache = EmbeddingCache(get_settings().cache_dir / "embeddings", MiniLMEncoder.encoder_id)
+    embedding = _encoder(encoder)
     with _stages() as progress:
-        table = check(files, MiniLMEncoder(), cache, progress=progress)
-    _print_frame("Near-duplicate rules: MMLU copies in MMLU-Pro found (recall) and wrong joins", table)
+        table = check(files, embedding, None, progress=progress)
+    _print_frame(f"Near-duplicate rules ({embedding.encoder_id}): MMLU copies in MMLU-Pro found (recall) and wrong "
+                 "joins", table)
 
 
 @encoders_app.command("build-static")

@@ -1,4 +1,5 @@
-"""Cross-source deduplication: exact after normalization, then near-duplicates by embedding.
+"""Cross-source deduplication: exact after normalization, then near-duplicates by embedding (the static encoder
+by default, MiniLM on request, each with the rule the labeled check chose for it).
 
 Every prompt gets a ``group_id``; prompts in one group are copies of one another,
 so a split by group never puts a prompt on one side and its copy on the other
@@ -24,13 +25,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import polars as pl
 
-from router_ml.embed import EmbeddingCache, MiniLMEncoder, embed_cached
+from router_ml.embed import MINILM_ID, STATIC_DIMS, EmbeddingCache, MiniLMEncoder, embed_cached
 from router_ml.progress import Progress
 
 VIEW_CHARS = 512
 BOILERPLATE_MIN_PROMPTS = 25
 STEM_MIN_CHARS = 40
-# Chosen from inspected pairs and a labeled check; see datasets/README.md ("Deduplication").
+# Chosen from inspected pairs and a labeled check (MiniLM); see datasets/README.md ("Deduplication").
 NEAR_DUPLICATE_THRESHOLD = 0.92
 STEM_THRESHOLD = 0.98
 STEM_FULL_GUARD = 0.75
@@ -132,6 +133,24 @@ class Rule:
     stem_guard: float = STEM_FULL_GUARD
 
 
+# Each encoder scores similarity on its own scale, so each has its own rule, chosen on the labeled check
+# (`router-ml datasets dedup-check --encoder ...`). The static encoder (the default of `make data`: seconds
+# instead of the tens of minutes MiniLM takes on 2 cores) needs stricter thresholds for no wrong join.
+RULES = {
+    MINILM_ID: Rule(),
+    f"minilm-static-{STATIC_DIMS}": Rule(threshold=0.98, stem_threshold=0.98, stem_guard=0.75),
+}
+
+
+def rule_for(encoder_id: str) -> Rule:
+    """The near-duplicate rule checked for ``encoder_id``; an encoder no rule was checked for is refused."""
+    try:
+        return RULES[encoder_id]
+    except KeyError:
+        raise ValueError(f"no near-duplicate rule was checked for encoder {encoder_id!r} "
+                         f"(checked: {', '.join(RULES)})") from None
+
+
 @dataclass
 class EmbeddedPrompts:
     """Distinct prompts (one per normalized-text hash, sorted by hash) with their embedded views."""
@@ -187,7 +206,7 @@ def group_ids(
     prompts: Sequence[str],
     encoder: MiniLMEncoder | None,
     cache: EmbeddingCache | None = None,
-    rule: Rule = Rule(),
+    rule: Rule | None = None,
     progress: Progress | None = None,
 ) -> pl.DataFrame:
     """Map each distinct prompt to its duplicate group.
@@ -195,9 +214,11 @@ def group_ids(
     Returns one row per distinct input prompt: ``prompt``, ``group_id``. A group's id
     is derived from the smallest normalized-text hash among its members, so it does
     not depend on row order or on which sources were imported. ``encoder=None`` does
-    the exact (normalized) step only.
+    the exact (normalized) step only; ``rule=None`` takes the encoder's own (:func:`rule_for`).
     """
     distinct = list(dict.fromkeys(prompts))
+    if encoder is not None and rule is None:
+        rule = rule_for(encoder.encoder_id)
     embedded = EmbeddedPrompts.build(distinct, encoder, cache, progress)
     roots = embedded.roots(rule)
     group_of_hash = {h: "g" + embedded.hashes[root][:15] for h, root in zip(embedded.hashes, roots)}

@@ -14,18 +14,28 @@ from collections import Counter
 import numpy as np
 import polars as pl
 
-from router_ml.data.dedup import EmbeddedPrompts, Rule, normalize_text, text_hash
+from router_ml.data.dedup import RULES, EmbeddedPrompts, Rule, normalize_text, text_hash
 from router_ml.data.importers import mmlu_pro
 from router_ml.data.prepare import import_sources
 from router_ml.data.report import ImportReport
 from router_ml.data.sources import DataFiles
-from router_ml.embed import EmbeddingCache, MiniLMEncoder
+from router_ml.embed import MINILM_ID, STATIC_DIMS, EmbeddingCache, MiniLMEncoder
 from router_ml.progress import Progress
 
-RULES = (
-    Rule(0.86, 2.0), Rule(0.88, 2.0), Rule(0.90, 2.0), Rule(0.92, 2.0),
-    Rule(0.90, 0.98, 0.0), Rule(0.92, 0.98, 0.0), Rule(),
-)
+# The rules scored per encoder: the chosen one (dedup.RULES) last, its neighbours before it.
+CANDIDATES = {
+    MINILM_ID: (Rule(0.86, 2.0), Rule(0.88, 2.0), Rule(0.90, 2.0), Rule(0.92, 2.0),
+                Rule(0.90, 0.98, 0.0), Rule(0.92, 0.98, 0.0)),
+    f"minilm-static-{STATIC_DIMS}": (Rule(0.94, 2.0), Rule(0.96, 2.0), Rule(0.98, 2.0),
+                                     Rule(0.95, 0.98, 0.75), Rule(0.96, 0.98, 0.75), Rule(0.97, 0.97, 0.75),
+                                     Rule(0.98, 0.98, 0.0)),
+}
+
+
+def rules_to_check(encoder_id: str) -> tuple[Rule, ...]:
+    if encoder_id not in RULES:
+        raise ValueError(f"no near-duplicate rules to check for encoder {encoder_id!r} (known: {', '.join(RULES)})")
+    return (*CANDIDATES[encoder_id], RULES[encoder_id])
 
 
 def _mmlu_pro_origins(files: DataFiles) -> dict[str, bool]:
@@ -40,7 +50,8 @@ def _mmlu_pro_origins(files: DataFiles) -> dict[str, bool]:
 
 
 def check(files: DataFiles, encoder: MiniLMEncoder, cache: EmbeddingCache | None,
-          rules=RULES, progress: Progress | None = None) -> pl.DataFrame:
+          rules: tuple[Rule, ...] | None = None, progress: Progress | None = None) -> pl.DataFrame:
+    rules = rules or rules_to_check(encoder.encoder_id)
     raw = import_sources(files, ImportReport(), progress)
     embedded = EmbeddedPrompts.build(raw["prompt"].unique().to_list(), encoder, cache, progress)
     index = {h: i for i, h in enumerate(embedded.hashes)}
