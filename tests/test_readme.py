@@ -3,8 +3,8 @@
 The test reads the ```bash block with the curl call and the ```python block with the openai SDK from the
 README's "Quick start" section, so that an edit of those examples is what runs. The only rewrite of the text is
 the base URL: ``http://127.0.0.1:8000`` becomes a free port, so that a developer's running server is never
-reached. The key placeholder is filled in as the README says ("the key the gateway printed"): ``KEY=rm-...``
-in the bash block gets the key, and the python block runs after a ``KEY = "..."`` line. The key is the one the
+reached. The key placeholders are filled in as the README says ("the key the gateway printed"): ``KEY=rm-...``
+in the bash block and ``KEY = "rm-..."`` in the python block get the key. The key is the one the
 gateway prints on its first start with an embedded SQLite store (tenant ``demo``), read from its stdout.
 
 The gateway replays RouterBench's recorded answers (the replay slice of the mini fixtures, at
@@ -39,6 +39,7 @@ from router_ml.train import TrainConfig, run
 README = Path(__file__).resolve().parents[1] / "README.md"
 README_BASE_URL = "http://127.0.0.1:8000"
 KEY_PLACEHOLDER = re.compile(r"^KEY=rm-\.\.\.", re.MULTILINE)
+SDK_KEY_PLACEHOLDER = re.compile(r'^KEY = "rm-\.\.\."', re.MULTILINE)
 FENCE = re.compile(r"^([ \t]*)```(\w*)[ \t]*\n(.*?)^\1```[ \t]*$", re.MULTILINE | re.DOTALL)
 START_TIMEOUT_S = 60
 STOP_TIMEOUT_S = 20
@@ -199,8 +200,12 @@ def test_readme_quick_start_examples_run_as_printed(gateway, replay_dir, tmp_pat
     curl_call = answer["router_ml"]["call_id"]
     assert curl_call
 
-    # The openai SDK example, run after `KEY = "..."` as the README says ("the key the gateway printed").
-    sdk = subprocess.run([sys.executable, "-c", f"KEY = {key!r}\n" + _on_port(sdk_block, gateway.port)],
+    # The openai SDK example, with the key the gateway printed in place of README's `KEY = "rm-..."`.
+    if len(SDK_KEY_PLACEHOLDER.findall(sdk_block)) != 1:
+        pytest.fail(f'the README\'s openai SDK example no longer sets `KEY = "rm-..."` (the key the gateway '
+                    f"printed):\n{sdk_block}")
+    sdk_script = SDK_KEY_PLACEHOLDER.sub(lambda _: f"KEY = {key!r}", _on_port(sdk_block, gateway.port))
+    sdk = subprocess.run([sys.executable, "-c", sdk_script],
                          capture_output=True, text=True, timeout=30, env=env, cwd=tmp_path)
     assert sdk.returncode == 0, f"the README's openai SDK example failed ({sdk.returncode}):\n{sdk.stderr}"
     printed = sdk.stdout.strip()
