@@ -28,10 +28,11 @@ import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Protocol
 
 import sqlalchemy as sa
+
+from router_ml.clock import utc_now
 
 log = logging.getLogger(__name__)
 
@@ -305,7 +306,7 @@ def _recorded(conn: sa.Connection) -> int | None:
 
 def _record(conn: sa.Connection, migrations: Sequence[Migration], stamped: bool) -> None:
     if migrations:
-        now = datetime.now(UTC)
+        now = utc_now()
         conn.execute(schema_version.insert(), [{"version": m.version, "name": m.name, "applied_at": now,
                                                 "stamped": stamped} for m in migrations])
 
