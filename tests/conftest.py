@@ -68,6 +68,17 @@ def static_encoder_dir(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def dedup_static_encoder_dir(tmp_path_factory) -> Path:
+    """The static encoder at the dimensions its near-duplicate rule was chosen for (what `make data` uses),
+    distilled once per test session."""
+    from router_ml.embed import STATIC_DIMS, build_static_encoder
+
+    out = tmp_path_factory.mktemp("static") / f"minilm-static-{STATIC_DIMS}"
+    build_static_encoder(out, STATIC_DIMS)
+    return out
+
+
 def _service_url(variable: str, server: str) -> str:
     """The URL of a server `.ci/services` started; skip without one, except in CI, where that is a failure."""
     url = os.environ.get(variable)

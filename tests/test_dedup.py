@@ -13,16 +13,15 @@ from router_ml.data.dedup import (RULES, boilerplate_lines, dedup_view, group_id
                                   similar_pairs)
 from router_ml.data.importers import llmrouter, mmlu_pro, routellm, routerbench
 from router_ml.data.report import ImportReport
-from router_ml.embed import STATIC_DIMS, MiniLMEncoder, build_static_encoder
+from router_ml.embed import MiniLMEncoder, StaticEncoder
 
 
 @pytest.fixture(scope="module", params=["static", "minilm"])
-def dedup_encoder(request, tmp_path_factory):
-    """Each encoder that has a checked near-duplicate rule: the static one `make data` uses (at the dimensions its
-    rule was chosen for) and MiniLM."""
+def dedup_encoder(request):
+    """Each encoder that has a checked near-duplicate rule: the static one `make data` uses and MiniLM."""
     if request.param == "minilm":
         return MiniLMEncoder()
-    return build_static_encoder(tmp_path_factory.mktemp("static") / "dedup", STATIC_DIMS)
+    return StaticEncoder(request.getfixturevalue("dedup_static_encoder_dir"))
 
 
 def test_every_encoder_with_a_rule_is_tested_and_others_are_refused(dedup_encoder):

@@ -1,9 +1,9 @@
 """Build the served app from settings (``ROUTER_ML_*``), for ``router-ml serve`` and uvicorn workers.
 
 Providers: ``replay`` (the default: recorded dataset answers, offline) serves every model of the
-bundle from the outcomes table, or RouterBench's slice of it when the full table was never built; ``openai`` sends every model to one OpenAI-compatible base URL
-(``ROUTER_ML_UPSTREAM_BASE_URL``, key from ``ROUTER_ML_UPSTREAM_API_KEY``: never from code), which
-also reaches OpenRouter (``https://openrouter.ai/api/v1``), vLLM or Ollama; ``catalog`` reads which
+bundle from the outcomes table, or RouterBench's slice of it when the full table was never built;
+``openai`` sends every model to one OpenAI-compatible base URL (``ROUTER_ML_UPSTREAM_BASE_URL``, key from
+``ROUTER_ML_UPSTREAM_API_KEY``: never from code), which also reaches OpenRouter (``https://openrouter.ai/api/v1``), vLLM or Ollama; ``catalog`` reads which
 provider serves each model from ``ROUTER_ML_PROVIDERS_FILE`` (:mod:`router_ml.serve.catalog`).
 Every model is served through its own retry and circuit-breaker wrapper. The call log goes to ``ROUTER_ML_STORE_URL``
 (SQLite under data/ by default; a PostgreSQL URL scales out), journaled in ``ROUTER_ML_STORE_JOURNAL`` so
