@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from router_ml.data.dedup import (RULES, boilerplate_lines, dedup_view, group_ids, normalize_text, rule_for,
-                                  similar_pairs)
+from router_ml.data.dedup import RULES, boilerplate_lines, dedup_view, group_ids, rule_for, similar_pairs
+from router_ml.data.ids import normalize_text
 from router_ml.data.importers import llmrouter, mmlu_pro, routellm, routerbench
 from router_ml.data.report import ImportReport
 from router_ml.embed import MiniLMEncoder, StaticEncoder

@@ -24,8 +24,8 @@ from typer.testing import CliRunner
 from fake_provider import HandlerProvider
 from router_ml.calllog import MIGRATIONS, SchemaTooNew, head, migrations, status, upgrade
 from router_ml.cli import app as cli_app
-from router_ml.data.dedup import normalize_text, text_hash
-from router_ml.data.importers.common import prompt_id as stable_prompt_id
+from router_ml.data.ids import group_id
+from router_ml.data.ids import prompt_id as stable_prompt_id
 from router_ml.data.prepare import prepare
 from router_ml.data.report import ImportReport
 from router_ml.serve import store as store_module
@@ -172,7 +172,7 @@ def _call(r: dict, i: int, tenant: str | None, with_cache: bool) -> dict:
            "model": r["model"], "quality": None, "input_tokens": r["input_tokens"], "output_tokens": r["output_tokens"],
            "cost_usd": r["cost_usd"], "cost_source": "tokens_x_price", "latency_ms": 300.0 + 20 * r["output_tokens"],
            "ts": START + timedelta(minutes=i), "source": "gateway", "task": "chat", "split": None,
-           "group_id": "g" + text_hash(normalize_text(r["prompt"]))[:15], "tenant": tenant, "response": "an answer",
+           "group_id": group_id(r["prompt"]), "tenant": tenant, "response": "an answer",
            "flags": "[]", "status": "ok", "error": None, "http_status": 200, "bundle_version": "default",
            "routed": True, "policy": json.dumps({"quality": 0.9}), "feedback_at": None}
     if i == 0:  # feedback on the first call: the outcome's own quality

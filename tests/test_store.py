@@ -362,3 +362,13 @@ def test_a_log_created_before_new_columns_and_indexes_gets_them(url):
         assert (s.get(call_id)["cache"], s.get(call_id)["saved_usd"]) == ("exact", 0.01)
     finally:
         s.close()
+
+
+def test_the_call_log_loads_no_dataset_importer_and_nothing_heavy():
+    """The serving process opens the call log; its ids come from router_ml.data.ids, not from the importers."""
+    code = ("import sys, router_ml.serve.store; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in {'torch', 'lightgbm', 'mlflow', 'statsforecast', "
+            "'sentence_transformers'} or m.startswith(('router_ml.data.importers', 'router_ml.data.dedup', "
+            "'router_ml.embed'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

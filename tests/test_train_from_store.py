@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from router_ml.bundle import META_FILE, load_bundle
 from router_ml.cli import app
 from router_ml.config import get_settings
-from router_ml.data.dedup import normalize_text, text_hash
+from router_ml.data.ids import group_id
 from router_ml.data.prepare import prepare
 from router_ml.data.report import ImportReport
 from router_ml.serve.store import CallStore
@@ -80,11 +80,6 @@ def one_model_per_prompt(rows: pl.DataFrame) -> pl.DataFrame:
                                                                      return_dtype=pl.Boolean))
 
 
-def store_group(prompt: str) -> str:
-    """The duplicate group the call log gives a prompt."""
-    return "g" + text_hash(normalize_text(prompt))[:15]
-
-
 def invoke(*args: str):
     return CliRunner().invoke(app, list(args), env={"COLUMNS": "400"})
 
@@ -142,7 +137,7 @@ def test_the_configured_call_log_is_the_default(env, zeroeval):
 
 def test_sparse_test_prompts_are_reported_not_scored(env, zeroeval, static_encoder_dir):
     # The prompts the test split holds out get one model each, as routed traffic would; the others all three.
-    groups = zeroeval["prompt"].map_elements(store_group, return_dtype=pl.String)
+    groups = zeroeval["prompt"].map_elements(group_id, return_dtype=pl.String)
     distinct = groups.unique().to_list()
     _, held = group_holdout(distinct, 0.2, seed=0)
     test_groups = {distinct[i] for i in held}

@@ -15,9 +15,7 @@ pieces) and templated questions look like copies of each other.
 
 from __future__ import annotations
 
-import hashlib
 import re
-import unicodedata
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -25,6 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import polars as pl
 
+from router_ml.data.ids import group_id_of_hash, normalize_text, text_hash
 from router_ml.embed import MINILM_ID, STATIC_DIMS, EmbeddingCache, MiniLMEncoder, embed_cached
 from router_ml.progress import Progress
 
@@ -36,21 +35,7 @@ NEAR_DUPLICATE_THRESHOLD = 0.92
 STEM_THRESHOLD = 0.98
 STEM_FULL_GUARD = 0.75
 
-_SPACE = re.compile(r"\s+")
 _OPTION = re.compile(r"^(\([a-p]\)|[a-p][.)])\s")
-
-
-def normalize_text(text: str) -> str:
-    """Unicode NFKC, case-folded, whitespace collapsed and trimmed. Idempotent."""
-    previous = None
-    while text != previous:  # NFKC and casefold can each undo the other's fixed point once
-        previous = text
-        text = _SPACE.sub(" ", unicodedata.normalize("NFKC", text).casefold()).strip()
-    return text
-
-
-def text_hash(normalized: str) -> str:
-    return hashlib.sha1(normalized.encode("utf-8")).hexdigest()
 
 
 def _lines(text: str) -> list[str]:
@@ -221,7 +206,7 @@ def group_ids(
         rule = rule_for(encoder.encoder_id)
     embedded = EmbeddedPrompts.build(distinct, encoder, cache, progress)
     roots = embedded.roots(rule)
-    group_of_hash = {h: "g" + embedded.hashes[root][:15] for h, root in zip(embedded.hashes, roots)}
+    group_of_hash = {h: group_id_of_hash(embedded.hashes[root]) for h, root in zip(embedded.hashes, roots)}
     return pl.DataFrame(
         {"prompt": distinct, "group_id": [group_of_hash[text_hash(normalize_text(p))] for p in distinct]},
         schema={"prompt": pl.String, "group_id": pl.String},

@@ -14,7 +14,8 @@ from collections import Counter
 import numpy as np
 import polars as pl
 
-from router_ml.data.dedup import RULES, EmbeddedPrompts, Rule, normalize_text, text_hash
+from router_ml.data.dedup import RULES, EmbeddedPrompts, Rule
+from router_ml.data.ids import normalize_text, text_hash
 from router_ml.data.importers import mmlu_pro
 from router_ml.data.prepare import import_sources
 from router_ml.data.report import ImportReport

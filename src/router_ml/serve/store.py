@@ -60,8 +60,8 @@ import sqlalchemy as sa
 from router_ml.calllog import upgrade
 from router_ml.clock import SYSTEM_CLOCK, Clock
 from router_ml.data import schema
-from router_ml.data.dedup import normalize_text, text_hash
-from router_ml.data.importers.common import prompt_id as stable_prompt_id
+from router_ml.data.ids import group_id
+from router_ml.data.ids import prompt_id as stable_prompt_id
 
 log = logging.getLogger(__name__)
 
@@ -341,7 +341,7 @@ class CallStore:
         if out["prompt_id"] is None:
             out["prompt_id"] = stable_prompt_id(out["source"], out["task"], out["prompt"])
         if out["group_id"] is None:
-            out["group_id"] = "g" + text_hash(normalize_text(out["prompt"]))[:15]
+            out["group_id"] = group_id(out["prompt"])
         out["flags"] = out["flags"] if out["flags"] is not None else []
         for name in _JSON_COLUMNS:
             if out[name] is not None and not isinstance(out[name], str):

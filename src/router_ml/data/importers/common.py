@@ -1,4 +1,4 @@
-"""Helpers shared by the importers: row construction and stable ids.
+"""Helpers shared by the importers: row construction (stable ids come from :mod:`router_ml.data.ids`).
 
 An importer returns raw outcome rows: the schema's columns that it knows, plus two
 internal columns consumed by the labeling stage: ``billed_input_text`` (the text
@@ -8,7 +8,6 @@ whose tokens were billed as input, when it is more than ``prompt``) and
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
@@ -27,11 +26,6 @@ RAW_SCHEMA = pl.Schema(
     [(name, dtype) for name, dtype in schema.SCHEMA.items() if name not in _LATER]
     + [("billed_input_text", pl.String()), ("billed_output_text", pl.String())]
 )
-
-
-def prompt_id(source: str, task: str, key: str) -> str:
-    """Stable id from the source, task and the upstream item id (or the prompt text when there is none)."""
-    return hashlib.sha1(f"{source}\x1f{task}\x1f{key}".encode()).hexdigest()[:16]
 
 
 def outcome(**values: Any) -> dict[str, Any]:

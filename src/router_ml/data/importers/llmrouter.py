@@ -11,7 +11,8 @@ import json
 
 import polars as pl
 
-from router_ml.data.importers.common import frame, jsonl_records, outcome, prompt_id
+from router_ml.data.ids import prompt_id
+from router_ml.data.importers.common import frame, jsonl_records, outcome
 from router_ml.data.report import ImportReport
 from router_ml.data.sources import DataFiles
 

@@ -13,7 +13,8 @@ from io import BytesIO
 
 import polars as pl
 
-from router_ml.data.importers.common import frame, outcome, prompt_id
+from router_ml.data.ids import prompt_id
+from router_ml.data.importers.common import frame, outcome
 from router_ml.data.report import ImportReport
 from router_ml.data.sources import DataFiles
 

@@ -14,7 +14,8 @@ from collections import defaultdict
 
 import polars as pl
 
-from router_ml.data.importers.common import frame, jsonl_records, messages_json, outcome, prompt_id
+from router_ml.data.ids import prompt_id
+from router_ml.data.importers.common import frame, jsonl_records, messages_json, outcome
 from router_ml.data.report import ImportReport
 from router_ml.data.sources import DataFiles
 

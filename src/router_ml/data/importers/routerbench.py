@@ -13,7 +13,8 @@ import sys
 
 import polars as pl
 
-from router_ml.data.importers.common import frame, messages_json, outcome, prompt_id
+from router_ml.data.ids import prompt_id
+from router_ml.data.importers.common import frame, messages_json, outcome
 from router_ml.data.report import ImportReport
 from router_ml.data.sources import DataFiles
 
