@@ -24,7 +24,7 @@ from router_ml.serve import budget_outlook
 from router_ml.serve.analytics import Scope
 from router_ml.serve.limits import BudgetExceeded, MemoryLimits, RedisLimits, period_starts
 from router_ml.serve.spending import OverBudget, admit, max_cost_usd
-from router_ml.serve.store import CallStore
+from router_ml.calllog.store import CallStore
 from router_ml.serve.tenants import TenantStore
 
 SLACK = 1e-8  # above the rounding of a few costs to whole nano-dollars

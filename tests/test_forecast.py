@@ -174,7 +174,7 @@ def call_log(mini_traces, tmp_path_factory):
     """A SQLite call log of BurstGPT's first 3,000 calls (tenant = model), spread over 4 days from 2024-03-01:
     calls at hour h of the trace's day 0 are logged on day (h % 4)."""
     from router_ml.pricing import cost_usd
-    from router_ml.serve.store import calls, metadata
+    from router_ml.calllog.store import calls, metadata
 
     trace = burstgpt(mini_traces[2])
     url = f"sqlite:///{tmp_path_factory.mktemp('calls') / 'calls.db'}"
@@ -214,7 +214,7 @@ def test_daily_usage_counts_every_call_per_tenant_and_day(call_log):
 
 
 def test_daily_usage_fills_days_without_calls(tmp_path):
-    from router_ml.serve.store import calls, metadata
+    from router_ml.calllog.store import calls, metadata
 
     url = f"sqlite:///{tmp_path / 'calls.db'}"
     engine = sa.create_engine(url)

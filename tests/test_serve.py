@@ -204,7 +204,7 @@ def test_models_health_ready_and_reload(bundle, static_encoder_dir):
 def test_fallback_after_a_retryable_failure_is_answered_and_both_attempts_are_logged(bundle, static_encoder_dir,
                                                                                       tmp_path):
     from router_ml.serve.providers.base import ProviderError
-    from router_ml.serve.store import CallStore
+    from router_ml.calllog.store import CallStore
 
     _, meta, prompts = bundle
     failures = [ProviderError("overloaded", 503, retryable=True, provider="fake")]

@@ -130,7 +130,7 @@ def test_feedback_labels_a_logged_call_and_errors_name_the_field(mini_files, sta
 
     from fake_provider import HandlerProvider
     from router_ml.serve.app import create_app
-    from router_ml.serve.store import CallStore
+    from router_ml.calllog.store import CallStore
 
     outcomes = prepare(mini_files, ImportReport(), encoder=None)
     config = TrainConfig(name="fb", router="linear", sources=["routerbench"], min_prompts=50, n_trials=0)
@@ -165,7 +165,7 @@ def test_sigkill_mid_load_loses_no_answered_call(served, static_encoder_dir, tmp
     got an answer must be in the log once a new store has replayed the dead process's journal."""
     import threading
 
-    from router_ml.serve.store import CallStore
+    from router_ml.calllog.store import CallStore
 
     recorded = _copy_served(served, tmp_path)
     process, client = _start(tmp_path, static_encoder_dir, _free_port())
@@ -259,7 +259,7 @@ def test_two_servers_never_overspend_a_tenants_budget(served, static_encoder_dir
 
     from router_ml.serve.limits import period_starts
     from router_ml.serve.spending import max_cost_usd
-    from router_ml.serve.store import CallStore
+    from router_ml.calllog.store import CallStore
     from router_ml.tokens import count_tokens
 
     recorded = _copy_served(served, tmp_path)

@@ -1,4 +1,4 @@
-"""The gateway call log (router_ml.serve.store) on SQLite and on PostgreSQL (the server of .ci/services).
+"""The gateway call log (router_ml.calllog.store) on SQLite and on PostgreSQL (the server of .ci/services).
 
 Rows are gateway call records built here: a few hand-written prompts, token counts from
 router_ml.tokens and costs from router_ml.pricing. They carry no model answer and no quality
@@ -22,7 +22,7 @@ import sqlalchemy as sa
 
 from router_ml.data import schema
 from router_ml.pricing import cost_usd
-from router_ml.serve.store import CallStore, calls
+from router_ml.calllog.store import CallStore, calls
 from router_ml.tokens import count_tokens
 
 PROMPTS = (
@@ -267,7 +267,7 @@ def test_a_bad_row_does_not_sink_its_batch(url, caplog):
 # ----------------------------------------------------------------- journal: no answered call lost to a kill
 _KILLED_WRITER = """
 import sys
-from router_ml.serve.store import CallStore, calls
+from router_ml.calllog.store import CallStore, calls
 from test_store import call_row
 
 store = CallStore(sys.argv[1], interval=3600.0, batch_size=10**6, journal_dir=sys.argv[2])
@@ -366,7 +366,7 @@ def test_a_log_created_before_new_columns_and_indexes_gets_them(url):
 
 def test_the_call_log_loads_no_dataset_importer_and_nothing_heavy():
     """The serving process opens the call log; its ids come from router_ml.data.ids, not from the importers."""
-    code = ("import sys, router_ml.serve.store; "
+    code = ("import sys, router_ml.calllog.store; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in {'torch', 'lightgbm', 'mlflow', 'statsforecast', "
             "'sentence_transformers'} or m.startswith(('router_ml.data.importers', 'router_ml.data.dedup', "
             "'router_ml.embed'))))")

@@ -19,7 +19,7 @@ from router_ml.config import get_settings
 from router_ml.data.ids import group_id
 from router_ml.data.prepare import prepare
 from router_ml.data.report import ImportReport
-from router_ml.serve.store import CallStore
+from router_ml.calllog.store import CallStore
 from router_ml.split import group_holdout
 
 ZEROEVAL_MODELS = ["Meta-Llama-3.1-8B-Instruct", "gemma-2-2b-it", "gpt-4o-2024-05-13"]

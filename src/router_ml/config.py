@@ -62,7 +62,7 @@ class Settings(BaseSettings):
     """Redis for budgets, rate limits and the response cache shared by every worker and replica; unset: each
     process keeps its own."""
     store_journal: Path | None = PROJECT_ROOT / "data" / "call-journal"
-    """Local journal of logged calls not yet committed, replayed after a crash (see serve/store.py); one per host."""
+    """Local journal of logged calls not yet committed, replayed after a crash (see calllog/store.py); one per host."""
     admin_key: str | None = None
     """Key of the gateway's /admin/* endpoints (sent as 'Authorization: Bearer'); unset: they answer 403."""
     mlflow_uri: str = f"sqlite:///{PROJECT_ROOT / 'mlruns' / 'mlflow.db'}"

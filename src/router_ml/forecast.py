@@ -187,7 +187,7 @@ def daily_usage(store, tenant: str | None = None, days: int | None = None,
     """Each tenant's daily usage from the gateway's call log: ``tenant``, ``day`` (UTC), ``requests``, ``tokens``
     (input + output), ``spend_usd``.
 
-    ``store``: a SQLAlchemy URL or engine of the call log (``calls`` table of router_ml.serve.store). Every
+    ``store``: a SQLAlchemy URL or engine of the call log (``calls`` table of router_ml.calllog.store). Every
     logged call counts, failed ones too (they were requests, and an abandoned stream is billed). ``tenant``
     keeps one tenant; ``days`` keeps the last ``days`` days up to ``until`` (default: the last day with a call).
     Each tenant's days run consecutively from its first call to ``until``, days without calls as 0; calls
@@ -195,7 +195,7 @@ def daily_usage(store, tenant: str | None = None, days: int | None = None,
     """
     import sqlalchemy as sa
 
-    from router_ml.serve.store import calls
+    from router_ml.calllog.store import calls
 
     query = sa.select(calls.c.ts, calls.c.tenant, calls.c.input_tokens, calls.c.output_tokens, calls.c.cost_usd)
     if tenant is not None:
@@ -258,7 +258,7 @@ def forecast_history(store, tenant: str | None, now: datetime, days: int | None 
 def _first_call(store, tenant: str | None, today: date) -> datetime:
     import sqlalchemy as sa
 
-    from router_ml.serve.store import as_utc, calls
+    from router_ml.calllog.store import as_utc, calls
 
     query = sa.select(sa.func.min(calls.c.ts)).where(calls.c.ts >= datetime.combine(today, datetime.min.time(), UTC))
     if tenant is not None:

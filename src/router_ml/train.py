@@ -127,7 +127,7 @@ def selection_report(outcomes: pl.DataFrame, config: TrainConfig, models: list[s
 
 def outcomes_from_store(url: str) -> tuple[pl.DataFrame, dict]:
     """The gateway's call log at ``url`` as an outcomes table: its 'ok' calls that got feedback
-    (:meth:`router_ml.serve.store.CallStore.outcomes`), and what was read, counted.
+    (:meth:`router_ml.calllog.store.CallStore.outcomes`), and what was read, counted.
 
     The store is opened without a journal (nothing is replayed or written; a gateway that died
     replays its journal when it next starts) and closed before returning, writer thread included.
@@ -139,7 +139,7 @@ def outcomes_from_store(url: str) -> tuple[pl.DataFrame, dict]:
 
     import sqlalchemy as sa
 
-    from router_ml.serve.store import CallStore, calls
+    from router_ml.calllog.store import CallStore, calls
 
     parsed = sa.engine.make_url(url)
     shown = parsed.render_as_string(hide_password=True)

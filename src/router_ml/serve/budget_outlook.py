@@ -42,7 +42,7 @@ def report(store, tenants, scope, now: datetime, horizon: int = 30, history_days
     """What ``GET /v1/analytics/forecast`` answers at ``now``: the daily history of ``scope`` (a viewer: its tenant,
     None for all, and whether it is the admin), ``horizon`` days of forecast with 7- and 30-day totals, and the
     outlook of each budget of the tenant (``tenants``: the tenant store, or None) with a warning per budget that
-    runs out. ``store``: the call log (:class:`~router_ml.serve.store.CallStore`), already flushed."""
+    runs out. ``store``: the call log (:class:`~router_ml.calllog.store.CallStore`), already flushed."""
     from router_ml.forecast import forecast_history, forecast_usage  # offline code: loaded on first use
 
     history, note = forecast_history(store.engine, scope.tenant, now, history_days)

@@ -91,7 +91,7 @@ def build_app():
     from router_ml.serve.app import create_app
     from router_ml.serve.limits import limits_for
     from router_ml.serve.state import watch
-    from router_ml.serve.store import CallStore
+    from router_ml.calllog.store import CallStore
     from router_ml.serve.tenants import TenantStore
 
     settings = get_settings()

@@ -57,7 +57,7 @@ from typing import Any
 import polars as pl
 import sqlalchemy as sa
 
-from router_ml.calllog import upgrade
+from router_ml.calllog.migrations import upgrade
 from router_ml.clock import SYSTEM_CLOCK, Clock
 from router_ml.data import schema
 from router_ml.data.ids import group_id
