@@ -250,7 +250,7 @@ def start_stub(tmp: Path) -> tuple[Server, str]:
 
 def start_gateway(workers: int, upstream: str, tmp: Path) -> tuple[Server, str, dict, str]:
     """The gateway on a fresh call log, with a tenant 'bench' and its API key (the served gateway requires one)."""
-    from router_ml.serve.tenants import TenantStore
+    from router_ml.serve.tenancy.tenants import TenantStore
 
     port = _port()
     state = tmp / f"gateway-w{workers}"

@@ -27,8 +27,8 @@ class _Stub:
 
 
 def measure() -> dict:
-    from router_ml.serve.metrics import Metrics, RequestMetrics
-    from router_ml.serve.reliability import ReliableProvider
+    from router_ml.serve.observability.metrics import Metrics, RequestMetrics
+    from router_ml.serve.providers.reliability import ReliableProvider
 
     metrics = Metrics({"gpt-4o-mini": ReliableProvider(_Stub(), "openai/gpt-4o-mini")})
     answered = {"model": "gpt-4o-mini", "status": "ok", "http_status": 200, "latency_ms": 812.0, "input_tokens": 120,

@@ -13,7 +13,7 @@ number changed, one "not" added or removed) must never hit; their hit rate is re
     .venv/bin/python benchmarks/semantic_cache.py [--minilm]
 
 Writes benchmarks/results/semantic_cache.json and semantic_cache.png. The static encoder is what
-serving uses, so its setting is the one shipped (``SHIPPED_THRESHOLD`` etc. in router_ml.serve.cache);
+serving uses, so its setting is the one shipped (``SHIPPED_THRESHOLD`` etc. in router_ml.serve.gateway.cache);
 ``--minilm`` adds the full MiniLM for comparison (slower; its embeddings are cached on disk).
 """
 
@@ -33,7 +33,7 @@ import polars as pl
 from router_ml.config import PROJECT_ROOT, get_settings
 from router_ml.data.paraphrase import load_pairs, paws_files
 from router_ml.embed import CachedEncoder, EmbeddingCache, MiniLMEncoder, StaticEncoder
-from router_ml.serve.cache import near_miss_reason
+from router_ml.serve.gateway.cache import near_miss_reason
 
 RESULTS = PROJECT_ROOT / "benchmarks" / "results"
 STATIC = PROJECT_ROOT / "models" / "minilm-static"

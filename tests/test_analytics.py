@@ -19,7 +19,7 @@ from router_ml.embed import StaticEncoder
 from router_ml.pricing import cost_usd
 from router_ml.serve.app import create_app
 from router_ml.calllog.store import CallStore
-from router_ml.serve.tenants import TenantStore
+from router_ml.serve.tenancy.tenants import TenantStore
 from router_ml.train import TrainConfig, run
 
 ADMIN = "admin-secret"

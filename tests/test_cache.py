@@ -14,7 +14,7 @@ import pytest
 
 from router_ml.config import PROJECT_ROOT
 from router_ml.data.paraphrase import load_pairs, paws_files
-from router_ml.serve.cache import MemoryBackend, RedisBackend, ResponseCache, near_miss_reason, request_key
+from router_ml.serve.gateway.cache import MemoryBackend, RedisBackend, ResponseCache, near_miss_reason, request_key
 
 CONVERSATION = [{"role": "system", "content": "You answer tersely."},
                 {"role": "user", "content": "Name a prime number."},

@@ -19,7 +19,7 @@ import openai
 import pytest
 
 from router_ml.config import PROJECT_ROOT
-from router_ml.serve.tenants import TenantStore
+from router_ml.serve.tenancy.tenants import TenantStore
 from test_serve_process import _copy_served, _free_port, _start, served  # noqa: F401 (served: a fixture)
 
 ADMIN_KEY = "rm-admin-dashboard-test"
@@ -86,7 +86,7 @@ def test_the_page_and_its_files_are_served_with_nothing_from_elsewhere():
     from fastapi import FastAPI
     from fastapi.testclient import TestClient
 
-    from router_ml.serve import api_dashboard
+    from router_ml.serve.api import dashboard as api_dashboard
 
     app = FastAPI()
     app.include_router(api_dashboard.router)
@@ -99,7 +99,7 @@ def test_the_page_and_its_files_are_served_with_nothing_from_elsewhere():
         assert "connect-src 'self'" in response.headers["content-security-policy"]
         outside = re.findall(r"https?://[^\s\"')]+", response.text)
         assert outside == (["http://www.w3.org/2000/svg"] if path.endswith(".js") else []), outside
-    assert client.get("/dashboard/../api_dashboard.py").status_code == 404
+    assert client.get("/dashboard/../dashboard.py").status_code == 404
     assert client.get("/dashboard/secret.txt").status_code == 404
     shipped = resources.files("router_ml.serve").joinpath("static")
     assert {p.name for p in shipped.iterdir()} >= set(api_dashboard.ASSETS)

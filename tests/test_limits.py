@@ -1,4 +1,4 @@
-"""Budgets and rate limits (router_ml.serve.limits): in process and on the Redis server of .ci/services.
+"""Budgets and rate limits (router_ml.serve.tenancy.limits): in process and on the Redis server of .ci/services.
 
 Costs are real prices (router_ml.pricing) of a chat call: a prompt's counted tokens plus max_tokens."""
 
@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from router_ml.pricing import cost_usd
-from router_ml.serve.limits import BudgetExceeded, MemoryLimits, RedisLimits, period_starts
+from router_ml.serve.tenancy.limits import BudgetExceeded, MemoryLimits, RedisLimits, period_starts
 from router_ml.tokens import count_tokens
 
 MODEL = "gpt-4-1106-preview"

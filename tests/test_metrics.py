@@ -17,9 +17,9 @@ from router_ml.data.prepare import prepare
 from router_ml.data.report import ImportReport
 from router_ml.embed import StaticEncoder
 from router_ml.serve.app import create_app
-from router_ml.serve.cache import ResponseCache
-from router_ml.serve.reliability import CircuitBreaker, ReliableProvider
-from router_ml.serve.tenants import TenantStore
+from router_ml.serve.gateway.cache import ResponseCache
+from router_ml.serve.providers.reliability import CircuitBreaker, ReliableProvider
+from router_ml.serve.tenancy.tenants import TenantStore
 from router_ml.train import TrainConfig, run
 from test_serve_process import _copy_served, _free_port, _start, served  # noqa: F401  (served: a fixture)
 

@@ -29,9 +29,9 @@ from router_ml.data.ids import prompt_id as stable_prompt_id
 from router_ml.data.prepare import prepare
 from router_ml.data.report import ImportReport
 from router_ml.calllog import store as store_module
-from router_ml.serve import tenants as tenants_module
+from router_ml.serve.tenancy import tenants as tenants_module
 from router_ml.calllog.store import CallStore
-from router_ml.serve.tenants import KEY_PREFIX, TenantStore, hash_key
+from router_ml.serve.tenancy.tenants import KEY_PREFIX, TenantStore, hash_key
 
 START = datetime(2026, 11, 20, tzinfo=UTC)
 

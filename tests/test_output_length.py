@@ -77,9 +77,9 @@ def test_a_trained_bundle_predicts_lengths_and_a_budget_reserves_the_predicted_b
     from fake_provider import HandlerProvider
     from router_ml.pricing import cost_usd
     from router_ml.serve.app import create_app
-    from router_ml.serve.limits import MemoryLimits
-    from router_ml.serve.spending import DEFAULT_OUTPUT_TOKENS
-    from router_ml.serve.tenants import TenantStore
+    from router_ml.serve.tenancy.limits import MemoryLimits
+    from router_ml.serve.tenancy.admission import DEFAULT_OUTPUT_TOKENS
+    from router_ml.serve.tenancy.tenants import TenantStore
     from router_ml.tokens import count_tokens
     from router_ml.train import TrainConfig, run
 

@@ -8,7 +8,7 @@ import pytest
 
 from fake_provider import HandlerProvider
 from router_ml.serve.providers.base import ChatRequest, ProviderError
-from router_ml.serve.reliability import CircuitBreaker, ReliableProvider
+from router_ml.serve.providers.reliability import CircuitBreaker, ReliableProvider
 
 REQUEST = ChatRequest(model="m", messages=[{"role": "user", "content": "hi"}])
 

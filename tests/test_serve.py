@@ -349,7 +349,7 @@ def test_workers_pick_up_a_bundle_rewritten_on_disk(bundle, mini_files, static_e
 
 
 def test_a_repeated_request_is_answered_from_the_cache_at_zero_cost(bundle, static_encoder_dir):
-    from router_ml.serve.cache import ResponseCache
+    from router_ml.serve.gateway.cache import ResponseCache
     from router_ml.serve.providers.base import ProviderError
 
     _, meta, prompts = bundle

@@ -20,7 +20,7 @@ from router_ml.data.prepare import prepare
 from router_ml.data.report import ImportReport
 from router_ml.embed import StaticEncoder
 from router_ml.serve.main import build_app
-from router_ml.serve.tenants import TenantStore
+from router_ml.serve.tenancy.tenants import TenantStore
 from router_ml.train import TrainConfig, run
 
 ANSWER = "".join(openai_fake.ANSWER)

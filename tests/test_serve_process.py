@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from router_ml.data.prepare import prepare
 from router_ml.data.report import ImportReport
 from router_ml.embed import StaticEncoder
-from router_ml.serve.tenants import TenantStore
+from router_ml.serve.tenancy.tenants import TenantStore
 from router_ml.train import TrainConfig, run
 
 
@@ -257,8 +257,8 @@ def test_two_servers_never_overspend_a_tenants_budget(served, static_encoder_dir
     from concurrent.futures import ThreadPoolExecutor
     from datetime import UTC, datetime, timedelta
 
-    from router_ml.serve.limits import period_starts
-    from router_ml.serve.spending import max_cost_usd
+    from router_ml.serve.tenancy.limits import period_starts
+    from router_ml.serve.tenancy.admission import max_cost_usd
     from router_ml.calllog.store import CallStore
     from router_ml.tokens import count_tokens
 

@@ -1,4 +1,4 @@
-"""Admission of a tenant's call (router_ml.serve.spending): rate limits, budget reservation, degrade before deny.
+"""Admission of a tenant's call (router_ml.serve.tenancy.admission): rate limits, budget reservation, degrade before deny.
 Prices are the catalog's (router_ml.pricing) for two RouterBench models."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ from dataclasses import dataclass
 import pytest
 
 from router_ml.pricing import cost_usd
-from router_ml.serve.limits import MemoryLimits
-from router_ml.serve.spending import DEFAULT_OUTPUT_TOKENS, OverBudget, RateLimited, admit, check_rates, max_cost_usd
+from router_ml.serve.tenancy.limits import MemoryLimits
+from router_ml.serve.tenancy.admission import DEFAULT_OUTPUT_TOKENS, OverBudget, RateLimited, admit, check_rates, max_cost_usd
 
 STRONG, CHEAP = "gpt-4-1106-preview", "mistralai/mistral-7b-chat"
 

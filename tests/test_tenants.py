@@ -19,7 +19,7 @@ from router_ml.data.report import ImportReport
 from router_ml.embed import StaticEncoder
 from router_ml.serve.app import create_app
 from router_ml.calllog.store import CallStore
-from router_ml.serve.tenants import TenantStore
+from router_ml.serve.tenancy.tenants import TenantStore
 from router_ml.train import TrainConfig, run
 
 ADMIN = "admin-secret"
@@ -280,7 +280,7 @@ def test_first_start_creates_the_demo_tenant_and_its_key_once(tmp_path, capsys):
 
 
 def test_rate_limits_per_key_and_budgets_per_tenant_answer_429(bundle, static_encoder_dir, tmp_path):
-    from router_ml.serve.limits import MemoryLimits
+    from router_ml.serve.tenancy.limits import MemoryLimits
 
     directory, models = bundle
     url = f"sqlite:///{tmp_path}/calls.db"

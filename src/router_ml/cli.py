@@ -461,7 +461,7 @@ def serve_command(
 def _start_demo_traffic(settings, url: str, rate: float):
     """Demo traffic with a key of its own (revoked at exit), printed as the dashboard's link."""
     from router_ml.serve.demo_traffic import DemoTraffic, demo_prompts
-    from router_ml.serve.tenants import TenantStore
+    from router_ml.serve.tenancy.tenants import TenantStore
 
     store = TenantStore(settings.store_url)
     try:
@@ -478,7 +478,7 @@ def _start_demo_traffic(settings, url: str, rate: float):
 
 
 def _stop_demo_traffic(settings, traffic) -> None:
-    from router_ml.serve.tenants import SHOWN_CHARS, TenantStore
+    from router_ml.serve.tenancy.tenants import SHOWN_CHARS, TenantStore
 
     traffic.stop.set()
     store = TenantStore(settings.store_url)
@@ -515,7 +515,7 @@ def _first_start_key(store_url: str) -> str | None:
     """On the first start with the embedded (SQLite) store, a tenant 'demo' and its key, printed here once, so
     that nobody is locked out; later starts say how to get a key. A shared database (PostgreSQL) gets no demo
     tenant: its operator creates tenants with `router-ml tenants create`."""
-    from router_ml.serve.tenants import TenantStore
+    from router_ml.serve.tenancy.tenants import TenantStore
 
     store = TenantStore(store_url)
     try:
@@ -545,7 +545,7 @@ StoreUrlOption = Annotated[Optional[str], typer.Option(help="Database of tenants
 def _tenant_store(store_url: str | None):
     """The TenantStore on ``store_url`` (default: the settings'), closed afterwards; an unknown tenant or key
     ends the command with its message."""
-    from router_ml.serve.tenants import TenantStore
+    from router_ml.serve.tenancy.tenants import TenantStore
 
     store = TenantStore(store_url or get_settings().store_url)
     try:

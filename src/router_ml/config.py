@@ -56,7 +56,7 @@ class Settings(BaseSettings):
     """Call log database (SQLAlchemy URL): SQLite by default, PostgreSQL to scale out."""
     cache: str = "exact"
     """Response cache: 'off', 'exact' (identical requests of a tenant) or 'semantic' (also near-identical last
-    messages; see serve/cache.py for its measured wrong-hit rate)."""
+    messages; see serve/gateway/cache.py for its measured wrong-hit rate)."""
     cache_ttl_seconds: float = 3600.0
     redis_url: str | None = None
     """Redis for budgets, rate limits and the response cache shared by every worker and replica; unset: each

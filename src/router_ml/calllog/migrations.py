@@ -4,7 +4,7 @@ Each :class:`Migration` is one released change of the tables the gateway owns, i
 released schema (the ``calls`` table), then one per later change. A migration is a few steps, each with
 ``apply(conn)`` (DDL that works on SQLite and PostgreSQL) and ``present(inspector)`` (whether a database already
 has what the step makes). The DDL of a migration is frozen here as it was released; the live table definitions
-(:mod:`router_ml.calllog.store`, :mod:`router_ml.serve.tenants`) must equal the head of this list, which a test
+(:mod:`router_ml.calllog.store`, :mod:`router_ml.serve.tenancy.tenants`) must equal the head of this list, which a test
 checks. A new change of those tables therefore comes with a new migration appended here, never an edit of an old one.
 
 ``schema_version`` holds one row per migration applied (``version``, ``name``, ``applied_at``, ``stamped``).

@@ -7,9 +7,8 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from router_ml.clock import SYSTEM_CLOCK, Clock
-from router_ml.serve import (api_admin, api_analytics, api_chat, api_dashboard, api_feedback, api_meta, api_metrics,
-                              api_route, errors)
-from router_ml.serve.metrics import Metrics, RequestMetrics
+from router_ml.serve.api import admin, analytics, chat, dashboard, errors, feedback, meta, metrics, route
+from router_ml.serve.observability.metrics import Metrics, RequestMetrics
 from router_ml.serve.state import BundleHolder
 
 
@@ -22,10 +21,10 @@ def create_app(bundle_dir: Path, providers: dict, store=None, encoder=None,
     """An app routing with the bundle in ``bundle_dir``; ``providers`` maps each served model name to the
     provider that answers for it; ``store`` (optional) receives every call for the call log. A request body
     over ``max_body_bytes`` is refused with 413 before it is read in full. With ``tenants`` (a
-    :class:`~router_ml.serve.tenants.TenantStore`) every ``/v1/*`` call needs a tenant's API key and
-    ``/admin/*`` needs ``admin_key`` (see :mod:`router_ml.serve.auth`); without, auth is off. ``limits`` (a
-    :mod:`router_ml.serve.limits` backend) enforces each tenant's rate limits and budgets; ``cache`` (a
-    :class:`~router_ml.serve.cache.ResponseCache`) answers repeated requests of a tenant. ``clock``
+    :class:`~router_ml.serve.tenancy.tenants.TenantStore`) every ``/v1/*`` call needs a tenant's API key and
+    ``/admin/*`` needs ``admin_key`` (see :mod:`router_ml.serve.api.auth`); without, auth is off. ``limits`` (a
+    :mod:`router_ml.serve.tenancy.limits` backend) enforces each tenant's rate limits and budgets; ``cache`` (a
+    :class:`~router_ml.serve.gateway.cache.ResponseCache`) answers repeated requests of a tenant. ``clock``
     (:mod:`router_ml.clock`) is "now" for the analytics (ranges, forecasts, budget outlooks); give the store, the
     tenants and the limits the same one (their ``clock=``), as :func:`router_ml.serve.main.build_app` does."""
     app = FastAPI(title="router-ml", version="0.1.0")
@@ -42,6 +41,6 @@ def create_app(bundle_dir: Path, providers: dict, store=None, encoder=None,
     app.state.metrics = Metrics(app.state.providers, app.state.bundles)
     app.add_middleware(RequestMetrics, metrics=app.state.metrics, routes=app.routes)  # outermost: counts 413s
     errors.install(app)
-    for area in (api_meta, api_route, api_chat, api_feedback, api_admin, api_analytics, api_metrics, api_dashboard):
+    for area in (meta, route, chat, feedback, admin, analytics, metrics, dashboard):
         app.include_router(area.router)
     return app

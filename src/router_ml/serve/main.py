@@ -4,11 +4,11 @@ Providers: ``replay`` (the default: recorded dataset answers, offline) serves ev
 bundle from the outcomes table, or RouterBench's slice of it when the full table was never built;
 ``openai`` sends every model to one OpenAI-compatible base URL (``ROUTER_ML_UPSTREAM_BASE_URL``, key from
 ``ROUTER_ML_UPSTREAM_API_KEY``: never from code), which also reaches OpenRouter (``https://openrouter.ai/api/v1``), vLLM or Ollama; ``catalog`` reads which
-provider serves each model from ``ROUTER_ML_PROVIDERS_FILE`` (:mod:`router_ml.serve.catalog`).
+provider serves each model from ``ROUTER_ML_PROVIDERS_FILE`` (:mod:`router_ml.serve.providers.catalog`).
 Every model is served through its own retry and circuit-breaker wrapper. The call log goes to ``ROUTER_ML_STORE_URL``
 (SQLite under data/ by default; a PostgreSQL URL scales out), journaled in ``ROUTER_ML_STORE_JOURNAL`` so
 that a killed process loses no answered call, and flushed at shutdown. Tenants and API keys live in the same
-database (:mod:`router_ml.serve.tenants`): the served gateway always requires a key, and ``/admin/*`` the admin
+database (:mod:`router_ml.serve.tenancy.tenants`): the served gateway always requires a key, and ``/admin/*`` the admin
 key (``ROUTER_ML_ADMIN_KEY``).
 
 A server decides for one prompt at a time, where thread pools cost more than they give: BLAS and the
@@ -37,7 +37,7 @@ import polars as pl  # noqa: E402
 
 from router_ml.config import get_settings  # noqa: E402
 from router_ml.serve.providers.wire import UpstreamPool  # noqa: E402
-from router_ml.serve.reliability import ReliableProvider  # noqa: E402
+from router_ml.serve.providers.reliability import ReliableProvider  # noqa: E402
 
 
 def providers_for(models: list[str], settings, pool: UpstreamPool | None = None) -> dict:
@@ -56,7 +56,7 @@ def providers_for(models: list[str], settings, pool: UpstreamPool | None = None)
                                               speed=settings.replay_speed)
         return {m: ReliableProvider(replay, f"replay/{m}") for m in models if m in replay.models}
     if settings.provider == "catalog":
-        from router_ml.serve.catalog import load_catalog
+        from router_ml.serve.providers.catalog import load_catalog
 
         if settings.providers_file is None:
             raise ValueError("ROUTER_ML_PROVIDER=catalog needs ROUTER_ML_PROVIDERS_FILE (a TOML provider catalog)")
@@ -73,7 +73,7 @@ def providers_for(models: list[str], settings, pool: UpstreamPool | None = None)
 
 def response_cache(settings, encode):
     """The response cache the settings ask for (None when off); the semantic layer embeds with ``encode``."""
-    from router_ml.serve.cache import ResponseCache, cache_backend_for
+    from router_ml.serve.gateway.cache import ResponseCache, cache_backend_for
 
     if settings.cache not in ("off", "exact", "semantic"):
         raise ValueError(f"ROUTER_ML_CACHE must be 'off', 'exact' or 'semantic', not {settings.cache!r}")
@@ -89,10 +89,10 @@ def build_app():
     from router_ml.bundle import load_bundle
     from router_ml.clock import SYSTEM_CLOCK
     from router_ml.serve.app import create_app
-    from router_ml.serve.limits import limits_for
+    from router_ml.serve.tenancy.limits import limits_for
     from router_ml.serve.state import watch
     from router_ml.calllog.store import CallStore
-    from router_ml.serve.tenants import TenantStore
+    from router_ml.serve.tenancy.tenants import TenantStore
 
     settings = get_settings()
     models = load_bundle(settings.bundle).models

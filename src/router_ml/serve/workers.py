@@ -8,7 +8,7 @@ workers, restarts one that dies, and on SIGTERM or SIGINT passes the signal on a
 worker's graceful shutdown (which flushes its call log).
 
 Metrics: the supervisor gives the workers a fresh ``PROMETHEUS_MULTIPROC_DIR``, where each keeps its values,
-so that a scrape of ``/metrics`` on any worker reports the sum over all (:mod:`router_ml.serve.metrics`). A
+so that a scrape of ``/metrics`` on any worker reports the sum over all (:mod:`router_ml.serve.observability.metrics`). A
 dead worker's counters stay in the sum (counters never go back); its gauges are dropped.
 """
 

@@ -6,7 +6,7 @@ import time
 
 from fastapi import APIRouter, Request
 
-from router_ml.serve.auth import Caller
+from router_ml.serve.api.auth import Caller
 from router_ml.serve.policy import AUTO
 
 router = APIRouter()

@@ -7,9 +7,9 @@ import asyncio
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, Field
 
-from router_ml.serve.auth import require_admin
-from router_ml.serve.errors import APIError
-from router_ml.serve.tenants import SHOWN_CHARS, TenantSettings, TenantStore
+from router_ml.serve.api.auth import require_admin
+from router_ml.serve.api.errors import APIError
+from router_ml.serve.tenancy.tenants import SHOWN_CHARS, TenantSettings, TenantStore
 
 router = APIRouter(prefix="/admin", dependencies=[Depends(require_admin)])
 

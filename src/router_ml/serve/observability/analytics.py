@@ -164,7 +164,7 @@ def resolve_range(start: datetime | None, end: datetime | None, bucket: str,
 
 def usage(engine: sa.Engine, scope: Scope, start: datetime, end: datetime, bucket: str,
           references: dict[str, str | None], default_reference: str | None) -> dict:
-    """The usage report of the contract ``GET /v1/analytics/usage`` answers (see :mod:`api_analytics`).
+    """The usage report of the contract ``GET /v1/analytics/usage`` answers (see :mod:`router_ml.serve.api.analytics`).
     ``references`` maps tenant name to its reference model setting; unset falls back to ``default_reference``."""
     seconds = BUCKET_SECONDS[bucket]
     bucket_of = _epoch_bucket(engine, seconds).label("bucket")

@@ -14,10 +14,10 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from router_ml.serve.analytics import Scope
-from router_ml.serve.errors import APIError
+from router_ml.serve.observability.analytics import Scope
+from router_ml.serve.api.errors import APIError
 from router_ml.serve.policy import Policy
-from router_ml.serve.tenants import Tenant
+from router_ml.serve.tenancy.tenants import Tenant
 
 _OBJECTIVES = ("quality", "lam")  # one objective: a request that picks either replaces the tenant's
 

@@ -9,9 +9,9 @@ from datetime import UTC, datetime
 
 from fastapi import APIRouter, Query, Request
 
-from router_ml.serve import analytics, budget_outlook
-from router_ml.serve.auth import Viewer
-from router_ml.serve.errors import APIError
+from router_ml.serve.observability import analytics, budget_outlook
+from router_ml.serve.api.auth import Viewer
+from router_ml.serve.api.errors import APIError
 
 router = APIRouter(prefix="/v1/analytics")
 FLUSH_TIMEOUT_S = 5.0  # calls still queued for the call log are written first, so a report includes them

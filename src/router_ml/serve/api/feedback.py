@@ -5,8 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field, model_validator
 
-from router_ml.serve.auth import Caller
-from router_ml.serve.errors import APIError
+from router_ml.serve.api.auth import Caller
+from router_ml.serve.api.errors import APIError
 
 router = APIRouter()
 

@@ -80,7 +80,7 @@ class Metrics:
         return series
 
     def observe_call(self, call: dict) -> None:
-        """Count one call-log row (the dict :func:`~router_ml.serve.api_chat._log` receives)."""
+        """Count one call-log row (the dict :func:`~router_ml.serve.api.chat._log` receives)."""
         http_status = call.get("http_status")
         status = call.get("status")
         if status == "error" and http_status == CLIENT_CLOSED:

@@ -16,7 +16,7 @@ from datetime import UTC, date, datetime, timedelta
 
 import polars as pl
 
-from router_ml.serve.limits import period_starts
+from router_ml.serve.tenancy.limits import period_starts
 
 METRICS = ("requests", "tokens", "spend_usd")
 

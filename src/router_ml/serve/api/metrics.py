@@ -1,4 +1,4 @@
-"""GET /metrics: the Prometheus text exposition (:mod:`router_ml.serve.metrics`).
+"""GET /metrics: the Prometheus text exposition (:mod:`router_ml.serve.observability.metrics`).
 
 Open, like /healthz and like Prometheus exporters generally: scrapers are configured without keys, and the
 metrics name only models, deployments and routes (no prompts, keys or tenants). Where the gateway's port is

@@ -3,7 +3,7 @@
 A tenant is who pays and whose calls are logged together: its default routing policy (applied to
 ``router-ml/auto``, request fields override it), the models it may use (null: all), its budgets in USD per
 day and month, its rate limits in requests and tokens per minute (null: unlimited; enforced by
-:mod:`router_ml.serve.limits`), whether to route to cheaper models before refusing a call over budget
+:mod:`router_ml.serve.tenancy.limits`), whether to route to cheaper models before refusing a call over budget
 (``degrade_before_deny``) and the model its savings are measured against (``reference_model``).
 
 Keys are ``rm-`` + 43 url-safe characters (256 random bits); only their SHA-256 is stored, with the first

@@ -5,10 +5,10 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from router_ml.serve.auth import Caller, effective_policy
-from router_ml.serve.errors import APIError
+from router_ml.serve.api.auth import Caller, effective_policy
+from router_ml.serve.api.errors import APIError
 from router_ml.serve.policy import decide
-from router_ml.serve.schemas import RouteRequest, routing_prompt
+from router_ml.serve.api.schemas import RouteRequest, routing_prompt
 from router_ml.tokens import count_tokens
 
 router = APIRouter()

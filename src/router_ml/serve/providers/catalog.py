@@ -25,7 +25,7 @@ import os
 import tomllib
 from pathlib import Path
 
-from router_ml.serve.reliability import ReliableProvider
+from router_ml.serve.providers.reliability import ReliableProvider
 
 KINDS = {"openai": "https://api.openai.com/v1", "openrouter": "https://openrouter.ai/api/v1",
          "anthropic": "https://api.anthropic.com", "gemini": "https://generativelanguage.googleapis.com"}

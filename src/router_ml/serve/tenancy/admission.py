@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from router_ml.pricing import UnknownModelError, cost_usd
-from router_ml.serve.limits import BudgetExceeded, Reservation
+from router_ml.serve.tenancy.limits import BudgetExceeded, Reservation
 
 DEFAULT_OUTPUT_TOKENS = 1024
 

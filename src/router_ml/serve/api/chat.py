@@ -18,12 +18,12 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from router_ml.pricing import cost_usd_if_priced
-from router_ml.serve.auth import Caller, check_model, effective_policy
-from router_ml.serve.errors import APIError
+from router_ml.serve.api.auth import Caller, check_model, effective_policy
+from router_ml.serve.api.errors import APIError
 from router_ml.serve.policy import Policy, decide, parse_auto_model
 from router_ml.serve.providers.base import ChatRequest, ProviderError, Usage
-from router_ml.serve.schemas import ChatCompletionRequest, routing_prompt
-from router_ml.serve.spending import Admission, OverBudget, RateLimited, admit, check_rates
+from router_ml.serve.api.schemas import ChatCompletionRequest, routing_prompt
+from router_ml.serve.tenancy.admission import Admission, OverBudget, RateLimited, admit, check_rates
 from router_ml.tokens import count_tokens
 
 router = APIRouter()
@@ -214,7 +214,7 @@ def _output_bounds(tenant, body: ChatCompletionRequest, decision: dict | None, b
 
 def _admit(state, tenant, body: ChatCompletionRequest, models: list[str], decision: dict | None,
            input_tokens: int, ranked: list[str], bundle, prompt: str) -> Admission:
-    """The tenant's rate limits and budget for this call (:mod:`router_ml.serve.spending`); 429 when over. A routed
+    """The tenant's rate limits and budget for this call (:mod:`router_ml.serve.tenancy.admission`); 429 when over. A routed
     call over budget may degrade to the first of ``ranked`` (every allowed model, best first) that fits."""
     if tenant is None or state.limits is None:
         return Admission(models)
