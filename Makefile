@@ -41,6 +41,9 @@ test: install
 # (a frozen clock would hang sleeps and timeouts). Code that reads the system's "now" where it should take a
 # router_ml.clock, or a test that passes only on the day it was written, fails here. The modules that train a bundle
 # (test_analytics, test_tenants' gateway tests) pin their app's clock instead and are left to `make test`. ~1 min.
+# libfaketime cannot time Python's lock waits (threading.Event.wait(t), queue.get(timeout=t) never return under it,
+# whatever the shift; DONT_FAKE_MONOTONIC=1 makes time.sleep fail instead), so code that waits on a timed lock in the
+# faked process (the demo traffic's thread, for one) cannot run here.
 SHIFTED_CLOCKS := 2027-02-28T23:55:00 2027-03-01T00:05:00
 SHIFTED_CLOCK_TESTS := tests/test_clock_boundaries.py tests/test_limits.py tests/test_spending.py \
 	tests/test_forecast.py tests/test_store.py \
