@@ -125,10 +125,7 @@ def datasets_prepare(
     with _stages() as progress:
         table = prepare(files, report, embedding, None, progress)
     out = out or settings.outcomes_path
-    out.parent.mkdir(parents=True, exist_ok=True)
-    table.write_parquet(out, compression="zstd")
-    skips = out.with_suffix(".skipped.tsv")
-    report.write_skips(skips)
+    skips = _write_table(table, report, out)
     _print_summary(table, report, zeroeval.reproduction(files, table))
     console.print(f"\nwrote {table.height:,} outcomes to {out}; every skipped row ({len(report.skips)}) is listed in {skips}")
 
@@ -144,6 +141,15 @@ def datasets_replay(
     _write_replay_slice(mirror, out or get_settings().replay_path)
 
 
+def _write_table(table: pl.DataFrame, report, out: Path) -> Path:
+    """Write an outcomes table to ``out`` and its skipped rows beside it; returns where the skipped rows went."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    table.write_parquet(out, compression="zstd")
+    skips = out.with_suffix(".skipped.tsv")
+    report.write_skips(skips)
+    return skips
+
+
 def _write_replay_slice(mirror: Path | None, out: Path) -> None:
     import time
 
@@ -155,10 +161,7 @@ def _write_replay_slice(mirror: Path | None, out: Path) -> None:
     report = ImportReport()
     with _stages() as progress:
         table = replay_slice(files, report, progress)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    table.write_parquet(out, compression="zstd")
-    skips = out.with_suffix(".skipped.tsv")
-    report.write_skips(skips)
+    skips = _write_table(table, report, out)
     console.print(f"wrote {table.height:,} {REPLAY_SOURCE} outcomes ({table['model'].n_unique()} models) to {out} "
                   f"in {time.perf_counter() - started:.0f} s; every skipped row ({len(report.skips)}) is listed in "
                   f"{skips}", soft_wrap=True)

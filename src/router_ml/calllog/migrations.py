@@ -96,14 +96,10 @@ class CreateTable:
                 and _indexes(inspector, name) >= {i.name for i in self.table.indexes})
 
     def apply(self, conn: sa.Connection) -> None:
-        inspector = sa.inspect(conn)
-        if not inspector.has_table(self.table.name):
+        if not sa.inspect(conn).has_table(self.table.name):
             self.table.create(conn)
             return
-        present = _columns(inspector, self.table.name)
-        for column in self.table.columns:
-            if column.name not in present:
-                _add_column(conn, self.table, column)
+        AddColumns(self.table).apply(conn)
         AddIndexes(tuple(self.table.indexes)).apply(conn)
 
 
