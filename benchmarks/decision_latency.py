@@ -1,6 +1,6 @@
 """Routing decision latency in-process: one prompt at a time, encoder + predictor + cost policy.
 
-Also loads the default bundle (models/default) and times its decisions as the server makes them.
+Also loads the default bundle (models/default) and times the decision path the gateway runs (Gateway.plan).
 
 Trains a kNN quality router on RouteLLM's MMLU and GSM8K prompts (gpt-4-1106 vs
 Mixtral, real outcomes) and times `route(prompt)` on held-out prompts, per encoder.
@@ -67,18 +67,23 @@ def measure(encoder, matrix, calls: int) -> dict:
 
 
 def measure_bundle(bundle_dir, prompts: list[str], calls: int) -> dict:
-    """One decision as the server makes it: load the bundle, then per prompt count tokens, featurize,
-    predict every model's quality and cost, and apply the calibrated policy."""
-    from router_ml.bundle import load_bundle
-    from router_ml.tokens import count_tokens
+    """One decision as the gateway makes it for ``router-ml/auto``: load the bundle, then per prompt
+    :meth:`Gateway.plan <router_ml.serve.gateway.call.Gateway.plan>`: count tokens, featurize, predict every
+    model's quality and cost, choose under the calibrated policy and rank the fallbacks (no upstream call)."""
+    from router_ml.serve.api.schemas import AUTO, parse_auto_model
+    from router_ml.serve.gateway.call import Gateway, Sampling
+    from router_ml.serve.state import BundleHolder
 
     started = time.perf_counter()
-    bundle = load_bundle(bundle_dir)
+    bundles = BundleHolder(bundle_dir)
     load_s = time.perf_counter() - started
+    bundle = bundles.current
+    gateway = Gateway(bundles, providers=dict.fromkeys(bundle.models))  # plan() only asks which models are served
+    policy = parse_auto_model(AUTO)
 
-    def route(prompt: str) -> int:
-        quality, cost = bundle.predict([prompt], [count_tokens(prompt)])
-        return int(bundle.decide(quality, cost)[0])
+    def route(prompt: str) -> str:
+        messages = [{"role": "user", "content": prompt}]
+        return gateway.plan(None, AUTO, policy, None, prompt, messages, Sampling(), False).candidates[0]
 
     for prompt in prompts[:20]:  # warm up
         route(prompt)

@@ -27,13 +27,17 @@ class _Stub:
 
 
 def measure() -> dict:
+    from dataclasses import replace
+
+    from router_ml.calllog.record import CallRecord
     from router_ml.serve.observability.metrics import Metrics, RequestMetrics
     from router_ml.serve.providers.reliability import ReliableProvider
 
     metrics = Metrics({"gpt-4o-mini": ReliableProvider(_Stub(), "openai/gpt-4o-mini")})
-    answered = {"model": "gpt-4o-mini", "status": "ok", "http_status": 200, "latency_ms": 812.0, "input_tokens": 120,
-                "output_tokens": 300, "cost_usd": 0.0002, "routed": True, "bundle_version": "v1", "tenant": "acme"}
-    hit = {**answered, "cache": "exact", "saved_usd": 0.0002, "cost_usd": 0.0}
+    answered = CallRecord(call_id="0" * 32, prompt="", model="gpt-4o-mini", status="ok", http_status=200,
+                          latency_ms=812.0, input_tokens=120, output_tokens=300, cost_usd=0.0002, routed=True,
+                          bundle_version="v1", tenant="acme")
+    hit = replace(answered, cache="exact", saved_usd=0.0002, cost_usd=0.0)
     out = {}
     for name, call in (("observe_answered_us", answered), ("observe_cache_hit_us", hit)):
         metrics.observe_call(call)

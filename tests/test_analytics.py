@@ -11,7 +11,6 @@ import numpy as np
 import polars as pl
 import pytest
 
-from fake_provider import HandlerProvider
 from router_ml.clock import FixedClock
 from router_ml.data.prepare import prepare
 from router_ml.data.report import ImportReport
@@ -19,6 +18,7 @@ from router_ml.embed import StaticEncoder
 from router_ml.pricing import cost_usd
 from router_ml.serve.app import create_app
 from router_ml.calllog.store import CallStore
+from router_ml.serve.providers.handler import HandlerProvider
 from router_ml.serve.tenancy.tenants import TenantStore
 from router_ml.train import TrainConfig, run
 

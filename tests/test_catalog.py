@@ -6,10 +6,10 @@ import asyncio
 
 import pytest
 
-from fake_provider import HandlerProvider
 from router_ml.serve.providers.catalog import CatalogError, load_catalog
 from router_ml.serve.providers import AnthropicProvider, GeminiProvider, OpenAICompatProvider
 from router_ml.serve.providers.base import ChatRequest
+from router_ml.serve.providers.handler import HandlerProvider
 from router_ml.serve.providers.reliability import ReliableProvider
 
 CATALOG = """

@@ -16,13 +16,13 @@ from datetime import UTC, datetime, timedelta, timezone
 import polars as pl
 import pytest
 
-from router_ml.clock import SYSTEM_CLOCK, FixedClock
+from router_ml.clock import SYSTEM_CLOCK, FixedClock, period_starts
 from router_ml.data.prepare import prepare
 from router_ml.data.report import ImportReport
 from router_ml.forecast import forecast_usage
 from router_ml.serve.observability import budget_outlook
 from router_ml.serve.observability.analytics import Scope
-from router_ml.serve.tenancy.limits import BudgetExceeded, MemoryLimits, RedisLimits, period_starts
+from router_ml.serve.tenancy.limits import BudgetExceeded, MemoryLimits, RedisLimits
 from router_ml.serve.tenancy.admission import OverBudget, admit, max_cost_usd
 from router_ml.calllog.store import CallStore
 from router_ml.serve.tenancy.tenants import TenantStore

@@ -12,7 +12,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from router_ml.pricing import cost_usd
-from router_ml.serve.tenancy.limits import BudgetExceeded, MemoryLimits, RedisLimits, period_starts
+from router_ml.clock import FixedClock, period_starts
+from router_ml.serve.tenancy.limits import BudgetExceeded, MemoryLimits, RedisLimits
 from router_ml.tokens import count_tokens
 
 MODEL = "gpt-4-1106-preview"
@@ -166,3 +167,69 @@ def test_concurrent_takes_never_exceed_the_bucket(make_limits):
     with ThreadPoolExecutor(max_workers=20) as pool:
         list(pool.map(one, range(100)))
     assert 30 <= len(taken) <= 31  # the bucket, plus at most what refilled during the burst
+
+
+@pytest.fixture(params=["memory", "redis"])
+def clocked_limits(request):
+    """A factory of one backend on a given calendar clock: ``make(initial_spend, clock)``."""
+    made = []
+
+    def make(initial, clock):
+        if request.param == "memory":
+            made.append(MemoryLimits(initial, clock=clock))
+        else:
+            url, prefix = request.getfixturevalue("redis_url")
+            made.append(RedisLimits(url, initial, prefix=prefix, clock=clock))
+        return made[-1]
+    yield make
+    for limits in made:
+        if hasattr(limits, "close"):
+            limits.close()
+
+
+def _logged(seen: list):
+    def from_log(tenant, period, start):
+        seen.append((tenant, period, start))
+        return {"day": 1.0, "month": 40.0}[period]
+    return from_log
+
+
+def test_prime_loads_the_current_periods_once_and_reserve_then_queries_nothing(clocked_limits):
+    seen = []
+    clock = FixedClock(NOW)
+    limits = clocked_limits(_logged(seen), clock)
+    assert not limits.primed("acme")
+    limits.prime("acme")
+    starts = period_starts(NOW)
+    assert seen == [("acme", "day", starts["day"]), ("acme", "month", starts["month"])]
+    assert limits.primed("acme") and not limits.primed("other")
+    limits.prime("acme")  # loaded already: no query
+    reservation = limits.reserve("acme", 0.5, {"day": 2.0, "month": None})
+    limits.settle(reservation, 0.25)
+    assert len(seen) == 2  # the reservation found its periods loaded
+    assert limits.spent("acme") == pytest.approx({"day": 1.25, "month": 40.25})
+    if isinstance(limits, RedisLimits):  # another replica finds the counters seeded: it primes without a query
+        replica = clocked_limits(_logged(seen), clock)
+        assert not replica.primed("acme")
+        replica.prime("acme")
+        assert replica.primed("acme") and len(seen) == 2
+
+
+def test_a_new_period_is_not_primed_until_loaded(clocked_limits):
+    seen = []
+    clock = FixedClock(datetime(2026, 11, 30, 23, 59, tzinfo=UTC))
+    limits = clocked_limits(_logged(seen), clock)
+    limits.prime("acme")
+    assert limits.primed("acme") and len(seen) == 2
+    december = clock.advance(minutes=2)  # a new day and a new month
+    assert not limits.primed("acme")
+    limits.prime("acme")
+    assert seen[2:] == [("acme", "day", period_starts(december)["day"]),
+                        ("acme", "month", period_starts(december)["month"])]
+    second = clock.advance(days=1)  # a new day of the same month: only the day is loaded
+    assert not limits.primed("acme")
+    limits.prime("acme")
+    assert seen[4:] == [("acme", "day", period_starts(second)["day"])] and limits.primed("acme")
+    clock.advance(days=1)  # unprimed, a reservation still loads its periods itself
+    limits.reserve("acme", 0.5, {"day": 2.0, "month": None})
+    assert len(seen) == 6 and limits.primed("acme")

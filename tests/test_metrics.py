@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import time
 from collections import Counter
 
 import httpx
@@ -12,16 +13,19 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from fake_provider import HandlerProvider, failing
+from router_ml.calllog.record import CallRecord
+from router_ml.calllog.store import CallStore
 from router_ml.data.prepare import prepare
 from router_ml.data.report import ImportReport
 from router_ml.embed import StaticEncoder
 from router_ml.serve.app import create_app
 from router_ml.serve.gateway.cache import ResponseCache
+from router_ml.serve.providers.handler import HandlerProvider, failing
 from router_ml.serve.providers.reliability import CircuitBreaker, ReliableProvider
 from router_ml.serve.tenancy.tenants import TenantStore
 from router_ml.train import TrainConfig, run
 from test_serve_process import _copy_served, _free_port, _start, served  # noqa: F401  (served: a fixture)
+from test_store import call_row
 
 
 @pytest.fixture(scope="module")
@@ -34,11 +38,13 @@ def bundle(mini_files, static_encoder_dir, tmp_path_factory):
 
 
 class Log:
+    """A call log keeping the rows the gateway hands it, as the store would write them."""
+
     def __init__(self):
         self.calls = []
 
-    def record(self, call: dict) -> None:
-        self.calls.append(call)
+    def record(self, call: CallRecord) -> None:
+        self.calls.append(call.as_row())
 
 
 async def _no_sleep(_seconds: float) -> None:
@@ -145,8 +151,43 @@ def test_metrics_of_two_workers_are_summed_whichever_worker_is_scraped(served, s
                             total(samples, "router_ml_routing_decisions_total"),
                             total(samples, "router_ml_requests_total", endpoint="/v1/chat/completions", status="200")))
         assert set(scrapes) == {(20, 20, 20)}, scrapes
+        deadline = time.monotonic() + 10  # every worker's call log commits its rows within its writer's interval
+        while total(samples, "router_ml_calllog_rows_total", outcome="written") < 20 and time.monotonic() < deadline:
+            time.sleep(0.05)
+            samples = scrape(httpx.get(metrics_url, headers={"connection": "close"}).text)
+        assert total(samples, "router_ml_calllog_rows_total", outcome="written") == 20
+        assert total(samples, "router_ml_calllog_rows_total", outcome="rejected") == 0
         assert total(samples, "router_ml_circuit_breaker_state") == 0
         assert len([k for k in samples if k[0] == "router_ml_circuit_breaker_state"]) > 0
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=60) == 0
+
+
+def test_rows_the_call_log_rejects_or_loses_are_in_the_metrics(bundle, static_encoder_dir, tmp_path):
+    directory, _, _ = bundle
+    store = CallStore(f"sqlite:///{tmp_path / 'calls.db'}", interval=10.0, batch_size=100_000, retry_delay=0.0)
+    app = create_app(directory, {}, store=store, encoder=StaticEncoder(static_encoder_dir))
+
+    async def scraped() -> dict:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway") as http:
+            return scrape((await http.get("/metrics")).text)
+
+    try:
+        before = asyncio.run(scraped())
+        store.record(call_row(0, call_id="a" * 32))
+        store.record(call_row(1))
+        store.record(call_row(2, call_id="a" * 32))  # the same primary key: the writer gives this one up
+        with pytest.raises(ValueError, match="input_tokens"):  # refused by record(): never queued
+            store.record({k: v for k, v in call_row(3).items() if k != "input_tokens"})
+        store.flush()
+        after = asyncio.run(scraped())
+    finally:
+        store.close()
+    rows = {outcome: total(after, "router_ml_calllog_rows_total", outcome=outcome)
+            for outcome in ("written", "recovered", "rejected", "lost")}
+    assert rows == {"written": 2, "recovered": 0, "rejected": 1, "lost": 1}
+    assert rows["lost"] == store.lost_rows and rows["rejected"] == store.rejected_rows
+    assert total(after, "router_ml_calllog_dead_letter_rows") == len(store.dead_letter) == 1
+    assert total(before, "router_ml_calllog_rows_total") == 0 and ("router_ml_calllog_rows_total",
+                                                                   (("outcome", "rejected"),)) in before

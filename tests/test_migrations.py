@@ -21,7 +21,6 @@ import pytest
 import sqlalchemy as sa
 from typer.testing import CliRunner
 
-from fake_provider import HandlerProvider
 from router_ml.calllog import MIGRATIONS, SchemaTooNew, head, migrations, status, upgrade
 from router_ml.cli import app as cli_app
 from router_ml.data.ids import group_id
@@ -29,6 +28,7 @@ from router_ml.data.ids import prompt_id as stable_prompt_id
 from router_ml.data.prepare import prepare
 from router_ml.data.report import ImportReport
 from router_ml.calllog import store as store_module
+from router_ml.serve.providers.handler import HandlerProvider
 from router_ml.serve.tenancy import tenants as tenants_module
 from router_ml.calllog.store import CallStore
 from router_ml.serve.tenancy.tenants import KEY_PREFIX, TenantStore, hash_key
@@ -456,12 +456,12 @@ def test_db_current_and_db_upgrade_commands(url, outcome_rows):
     assert "pending 0004 api_keys_rate_limits" in current.output and "pending 0005 calls_time_indexes" in current.output
     done = runner.invoke(cli_app, ["db", "upgrade", "--store-url", url])
     assert done.exit_code == 0, done.output
-    assert "from version 3 (recognised from its tables, stamped) to version 5: applied 0004, 0005" in done.output
+    assert "from version 3 (recognised from its tables, stamped) to version 6: applied 0004, 0005, 0006" in done.output
     assert ":***@" in done.output if url.startswith("postgresql") else True  # no password printed
     again = runner.invoke(cli_app, ["db", "upgrade", "--store-url", url])
-    assert again.exit_code == 0 and "at version 5: nothing to apply" in again.output
+    assert again.exit_code == 0 and "at version 6: nothing to apply" in again.output
     current = runner.invoke(cli_app, ["db", "current", "--store-url", url])
-    assert "version 5 (newest known: 5)" in current.output and "pending" not in current.output
+    assert "version 6 (newest known: 6)" in current.output and "pending" not in current.output
 
 
 def test_calllog_imports_nothing_heavy():

@@ -74,7 +74,7 @@ def test_a_trained_bundle_predicts_lengths_and_a_budget_reserves_the_predicted_b
 
     import httpx
 
-    from fake_provider import HandlerProvider
+    from router_ml.serve.providers.handler import HandlerProvider
     from router_ml.pricing import cost_usd
     from router_ml.serve.app import create_app
     from router_ml.serve.tenancy.limits import MemoryLimits

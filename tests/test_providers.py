@@ -1,32 +1,22 @@
-"""Provider adapters: replay of recorded RouterBench answers, and the OpenAI-compatible adapter against a
-real loopback HTTP server speaking the OpenAI wire format (JSON and server-sent events)."""
+"""What only one provider does: replay of recorded RouterBench answers, the handler provider, and the
+OpenAI-compatible adapter's requests as a loopback upstream speaking the OpenAI wire format received them.
+What every provider does is the contract suite's (test_provider_contract.py)."""
 
 from __future__ import annotations
 
 import asyncio
-import json
-import socket
 import time
 
 import polars as pl
 import pytest
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.routing import Route
 
-from loopback import collect, serve
+from loopback import collect
+from provider_wires import OPENAI, WEATHER_TOOL
 
 from router_ml.data.costs import add_tokens_and_costs
 from router_ml.data.importers import routerbench
-from router_ml.serve.providers import (
-    ChatChunk,
-    ChatRequest,
-    OpenAICompatProvider,
-    ProviderError,
-    ReplayProvider,
-)
-from router_ml.serve.providers.wire import Timeouts, UpstreamPool
+from router_ml.serve.providers import ChatRequest, ChatResult, ProviderError, ReplayProvider, Usage
+from router_ml.serve.providers.handler import HandlerProvider, failing
 from router_ml.tokens import count_tokens
 
 MODEL = "gpt-4-1106-preview"
@@ -133,179 +123,92 @@ def test_replay_sleeps_recorded_or_modelled_latency_times_speed():
     assert chunks[-1].usage.output_tokens == 1
 
 
+# ---------------------------------------------------------------- handler provider
+
+
+def test_handler_text_answers_stream_as_words_that_join_back():
+    provider = HandlerProvider(lambda request: f"  echo {request.model}:  {request.messages[-1]['content']}  ")
+    request = ChatRequest(model="m", messages=_user("one two"))
+    result = asyncio.run(provider.complete(request))
+    assert (result.text, result.finish_reason, result.tool_calls) == ("  echo m:  one two  ", "stop", None)
+    assert (result.usage.input_tokens, result.usage.output_tokens) == (len(str(request.messages)) // 4, 4)
+    chunks = asyncio.run(collect(provider.stream(request)))
+    assert [c.text for c in chunks[:-1]] == ["  echo", " m:", "  one", " two  "]
+    assert chunks[-1].finish_reason == "stop" and chunks[-1].usage == result.usage
+    assert provider.requests == [request, request] and provider.name == "fake"
+    # No text: only the closing chunk; white space alone is one piece.
+    assert [c.text for c in asyncio.run(collect(HandlerProvider(lambda r: "").stream(request)))] == [""]
+    assert [c.text for c in asyncio.run(collect(HandlerProvider(lambda r: " \n").stream(request)))] == [" \n", ""]
+
+
+def test_handler_results_pass_through_and_tool_calls_stream_with_their_index():
+    calls = [{"id": f"c{i}", "type": "function", "function": {"name": "f", "arguments": "{}"}} for i in range(2)]
+
+    async def handler(request):
+        return ChatResult("Calling.", "tool_calls", Usage(3, 5), tool_calls=calls)
+
+    provider = HandlerProvider(handler, name="mine")
+    request = ChatRequest(model="m", messages=_user("x"))
+    assert asyncio.run(provider.complete(request)) == ChatResult("Calling.", "tool_calls", Usage(3, 5), calls)
+    chunks = asyncio.run(collect(provider.stream(request)))
+    assert [c.text for c in chunks] == ["Calling.", "", ""]
+    assert chunks[1].tool_calls == [{"index": 0, **calls[0]}, {"index": 1, **calls[1]}]
+    assert (chunks[2].finish_reason, chunks[2].usage) == ("tool_calls", Usage(3, 5))
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_handler_errors_are_raised_before_any_chunk(stream):
+    provider = HandlerProvider(failing(503, retryable=True))
+    request = ChatRequest(model="m", messages=_user("x"))
+    received = []
+
+    async def call():
+        if not stream:
+            return await provider.complete(request)
+        async for chunk in provider.stream(request):
+            received.append(chunk)
+
+    with pytest.raises(ProviderError) as caught:
+        asyncio.run(call())
+    assert (caught.value.status, caught.value.retryable, caught.value.provider) == (503, True, "fake")
+    assert "503" in caught.value.message and received == [] and provider.requests == [request]
+
+    def unnamed(request):
+        raise ProviderError("no", status=400)
+
+    with pytest.raises(ProviderError) as caught:
+        asyncio.run(HandlerProvider(unnamed, name="mine").complete(request))
+    assert caught.value.provider == "mine"  # an error without a provider is the handler provider's
+
+
 # ---------------------------------------------------------------- OpenAI-compatible adapter
-
-SEEN: dict = {}
-ANSWER = ["Hello", " there,", " general", " Kenobi."]
-TOOL_CALL = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
-
-
-def _event(payload) -> bytes:
-    return b"data: " + (payload if isinstance(payload, bytes) else json.dumps(payload).encode()) + b"\n\n"
-
-
-def _delta(delta: dict, finish_reason=None) -> dict:
-    return {"id": "c1", "object": "chat.completion.chunk", "model": "m",
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}]}
-
-
-async def _sse(model: str):
-    if model == "malformed":
-        yield _event(_delta({"role": "assistant", "content": "fine"}))
-        yield b"data: {not json\n\n"
-        return
-    yield b": keep-alive comment\n\n"
-    yield _event(_delta({"role": "assistant", "content": ""}))
-    if model == "tools":
-        first = {**TOOL_CALL, "index": 0, "function": {"name": "get_weather", "arguments": '{"city": '}}
-        yield _event(_delta({"tool_calls": [first]}))
-        yield _event(_delta({"tool_calls": [{"index": 0, "function": {"arguments": '"Paris"}'}}]}))
-        yield _event(_delta({}, "tool_calls"))
-    else:
-        for i, piece in enumerate(ANSWER):
-            yield _event(_delta({"content": piece}))
-            await asyncio.sleep(0)
-            if model == "cut" and i == 1:
-                raise RuntimeError("upstream dies midway")  # uvicorn drops the connection mid-body
-            if model == "cut-clean" and i == 1:
-                return  # a clean end without finish_reason or [DONE]
-        yield _event(_delta({}, "stop"))
-    yield _event({"id": "c1", "object": "chat.completion.chunk", "choices": [],
-                  "usage": {"prompt_tokens": 11, "completion_tokens": 4, "total_tokens": 15}})
-    yield b"data: [DONE]\n\n"
-
-
-async def chat_completions(request: Request) -> Response:
-    body = await request.json()
-    SEEN["body"], SEEN["headers"] = body, dict(request.headers)
-    model = body["model"]
-    if model == "rate-limited":
-        return JSONResponse({"error": {"message": "Rate limit reached", "type": "requests"}}, 429,
-                            headers={"Retry-After": "7"})
-    if model == "boom":
-        return JSONResponse({"error": {"message": "The server had an error", "type": "server_error"}}, 500)
-    if model == "bad-request":
-        return JSONResponse({"error": {"message": "Invalid value for 'temperature': must be <= 2.",
-                                       "type": "invalid_request_error", "param": "temperature"}}, 400)
-    if model == "slow":
-        await asyncio.sleep(1.5)
-    if body.get("stream"):
-        return StreamingResponse(_sse(model), media_type="text/event-stream")
-    if model == "malformed":
-        return Response(b'{"choices": [oops', media_type="application/json")
-    message = ({"role": "assistant", "content": None, "tool_calls": [TOOL_CALL]} if model == "tools"
-               else {"role": "assistant", "content": "".join(ANSWER)})
-    return JSONResponse({"id": "c1", "object": "chat.completion", "model": model,
-                         "choices": [{"index": 0, "message": message,
-                                      "finish_reason": "tool_calls" if model == "tools" else "stop"}],
-                         "usage": {"prompt_tokens": 11, "completion_tokens": 4, "total_tokens": 15}})
 
 
 @pytest.fixture(scope="module")
 def upstream() -> str:
-    with serve(Starlette(routes=[Route("/v1/chat/completions", chat_completions, methods=["POST"])])) as base_url:
-        yield base_url + "/v1/"
+    with OPENAI.serve() as base_url:
+        yield base_url
 
 
-def _run(upstream: str, call, **kwargs):
-    """Run ``call(provider)`` in a fresh event loop with a provider owning its client."""
-    async def main():
-        async with OpenAICompatProvider(upstream, **kwargs) as provider:
-            return await call(provider)
-    return asyncio.run(main())
-
-
-def _error(upstream: str, model: str, stream: bool, **kwargs) -> ProviderError:
-    request = ChatRequest(model=model, messages=_user("hi"))
-    with pytest.raises(ProviderError) as caught:
-        _run(upstream, lambda p: collect(p.stream(request)) if stream else p.complete(request), **kwargs)
-    return caught.value
-
-
-def test_openai_complete_answer_and_usage(upstream):
+def test_openai_request_as_sent(upstream):
     request = ChatRequest(model="ok", messages=_user("hi"), temperature=0.2, max_tokens=50)
-    result = _run(upstream, lambda p: p.complete(request), api_key="sk-test", name="oai")
-    assert result.text == "Hello there, general Kenobi." and result.finish_reason == "stop"
-    assert (result.usage.input_tokens, result.usage.output_tokens) == (11, 4) and result.tool_calls is None
-    assert SEEN["headers"]["authorization"] == "Bearer sk-test"
-    assert SEEN["body"] == {"model": "ok", "messages": _user("hi"), "temperature": 0.2, "max_tokens": 50}
-    # No key: no Authorization header; a shared pool passed in is used and left open.
-    async def shared():
-        pool = UpstreamPool()
-        provider = OpenAICompatProvider(upstream, pool=pool)
-        answer = await provider.complete(ChatRequest(model="ok", messages=_user("hi")))
-        await provider.aclose()
-        assert not pool.session.closed
-        await pool.aclose()
-        return answer
-    assert asyncio.run(shared()).text == "Hello there, general Kenobi."
-    assert "authorization" not in SEEN["headers"]
+    OPENAI.run(upstream, lambda p: p.complete(request), api_key="sk-test", name="oai")
+    assert OPENAI.seen["headers"]["authorization"] == "Bearer sk-test"
+    assert OPENAI.seen["body"] == {"model": "ok", "messages": _user("hi"), "temperature": 0.2, "max_tokens": 50}
+    # No key: no Authorization header; extra headers (OpenRouter's HTTP-Referer) are sent.
+    OPENAI.run(upstream, lambda p: p.complete(ChatRequest(model="ok", messages=_user("hi"))),
+               headers={"HTTP-Referer": "https://example.org"})
+    assert "authorization" not in OPENAI.seen["headers"]
+    assert OPENAI.seen["headers"]["http-referer"] == "https://example.org"
+    assert "sk-test" not in repr(OPENAI.make(upstream, api_key="sk-test"))
 
 
-def test_openai_stream_text_usage_and_done(upstream):
-    request = ChatRequest(model="ok", messages=_user("hi"), stop=["\n\n"])
-    chunks = _run(upstream, lambda p: collect(p.stream(request)))
-    assert [c.text for c in chunks[:-1]] == ANSWER
-    assert chunks[-1].finish_reason == "stop" and chunks[-1].usage.output_tokens == 4
-    assert chunks[-1].usage.input_tokens == 11
-    assert SEEN["body"]["stream"] is True and SEEN["body"]["stream_options"] == {"include_usage": True}
-    assert SEEN["body"]["stop"] == ["\n\n"]
-
-
-def test_openai_tool_calls_pass_through(upstream):
-    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
-    request = ChatRequest(model="tools", messages=_user("weather in Paris?"), tools=tools, tool_choice="auto")
-    result = _run(upstream, lambda p: p.complete(request))
-    assert result.tool_calls == [TOOL_CALL] and result.finish_reason == "tool_calls" and result.text == ""
-    assert SEEN["body"]["tools"] == tools and SEEN["body"]["tool_choice"] == "auto"
-    chunks = _run(upstream, lambda p: collect(p.stream(request)))
-    deltas = [call for c in chunks if c.tool_calls for call in c.tool_calls]
-    assert deltas[0]["id"] == "call_1" and deltas[0]["function"]["name"] == "get_weather"
-    assert "".join(d["function"]["arguments"] for d in deltas) == '{"city": "Paris"}'
-    assert chunks[-1].finish_reason == "tool_calls" and chunks[-1].usage.output_tokens == 4
-
-
-@pytest.mark.parametrize("stream", [False, True])
-def test_openai_http_errors(upstream, stream):
-    limited = _error(upstream, "rate-limited", stream)
-    assert (limited.status, limited.retryable, limited.retry_after) == (429, True, 7.0)
-    assert "Rate limit reached" in limited.message
-    boom = _error(upstream, "boom", stream)
-    assert boom.status == 502 and boom.retryable and "The server had an error" in boom.message
-    bad = _error(upstream, "bad-request", stream, name="vllm")
-    assert (bad.status, bad.retryable, bad.provider) == (400, False, "vllm")
-    assert "Invalid value for 'temperature': must be <= 2." in bad.message
-
-
-@pytest.mark.parametrize("stream", [False, True])
-def test_openai_malformed_json_is_502(upstream, stream):
-    error = _error(upstream, "malformed", stream)
-    assert (error.status, error.retryable) == (502, False) and "malformed" in error.message
-
-
-@pytest.mark.parametrize("model", ["cut", "cut-clean"])
-def test_openai_stream_cut_midway_raises_from_the_iterator(upstream, model):
-    received: list[ChatChunk] = []
-
-    async def consume(provider):
-        async for chunk in provider.stream(ChatRequest(model=model, messages=_user("hi"))):
-            received.append(chunk)
-
-    with pytest.raises(ProviderError) as caught:
-        _run(upstream, consume)
-    assert [c.text for c in received] == ANSWER[:2]
-    assert caught.value.status == 502 and "stream cut" in caught.value.message
-
-
-@pytest.mark.parametrize("stream", [False, True])
-def test_openai_timeout_is_retryable_504(upstream, stream):
-    error = _error(upstream, "slow", stream, timeout=Timeouts(read=0.3))
-    assert (error.status, error.retryable) == (504, True) and "timed out" in error.message
-
-
-def test_openai_connection_refused_is_retryable_502():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]  # closed again: nothing listens there
-    error = _error(f"http://127.0.0.1:{port}/v1", "ok", False, timeout=Timeouts(connect=2.0))
-    assert (error.status, error.retryable) == (502, True)
+def test_openai_stream_and_tools_as_sent(upstream):
+    OPENAI.run(upstream, lambda p: collect(p.stream(ChatRequest(model="ok", messages=_user("hi"), stop=["\n\n"]))))
+    body = OPENAI.seen["body"]
+    assert body["stream"] is True and body["stream_options"] == {"include_usage": True}
+    assert body["stop"] == ["\n\n"]
+    request = ChatRequest(model="tools", messages=_user("weather in Paris?"), tools=[WEATHER_TOOL], tool_choice="auto")
+    OPENAI.run(upstream, lambda p: p.complete(request))
+    assert OPENAI.seen["body"]["tools"] == [WEATHER_TOOL] and OPENAI.seen["body"]["tool_choice"] == "auto"
+    assert "stream" not in OPENAI.seen["body"]

@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from fake_provider import HandlerProvider
 from router_ml.serve.providers.base import ChatRequest, ProviderError
+from router_ml.serve.providers.handler import HandlerProvider
 from router_ml.serve.providers.reliability import CircuitBreaker, ReliableProvider
 
 REQUEST = ChatRequest(model="m", messages=[{"role": "user", "content": "hi"}])

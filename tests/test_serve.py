@@ -12,11 +12,12 @@ import openai
 import polars as pl
 import pytest
 
-from fake_provider import HandlerProvider, failing
+from router_ml.calllog.record import CallRecord
 from router_ml.data.prepare import prepare
 from router_ml.data.report import ImportReport
 from router_ml.embed import StaticEncoder
 from router_ml.serve.app import create_app
+from router_ml.serve.providers.handler import HandlerProvider, failing
 from router_ml.train import TrainConfig, run
 
 
@@ -31,11 +32,13 @@ def bundle(mini_files, static_encoder_dir, tmp_path_factory):
 
 
 class Log:
+    """A call log keeping the rows the gateway hands it, as the store would write them."""
+
     def __init__(self):
         self.calls = []
 
-    def record(self, call: dict) -> None:
-        self.calls.append(call)
+    def record(self, call: CallRecord) -> None:
+        self.calls.append(call.as_row())
 
 
 def _client(app) -> openai.AsyncOpenAI:
@@ -384,3 +387,42 @@ def test_a_repeated_request_is_answered_from_the_cache_at_zero_cost(bundle, stat
     hit = [c for c in log.calls if c.get("cache")]
     assert len(hit) == 1 and hit[0]["cost_usd"] == 0.0 and hit[0]["status"] == "ok"
     assert hit[0]["saved_usd"] == pytest.approx(first.parse().router_ml["cost_usd"])
+
+
+def test_build_app_loads_the_bundle_and_its_encoder_once(bundle, static_encoder_dir, tmp_path, monkeypatch):
+    from router_ml import bundle as bundle_module
+    from router_ml.config import get_settings
+    from router_ml.serve import main, state
+
+    directory, meta, _ = bundle
+    env = {"ROUTER_ML_BUNDLE": str(directory), "ROUTER_ML_STATIC_ENCODER": str(static_encoder_dir),
+           "ROUTER_ML_PROVIDER": "openai", "ROUTER_ML_UPSTREAM_BASE_URL": "http://127.0.0.1:9/v1",  # never called
+           "ROUTER_ML_STORE_URL": f"sqlite:///{tmp_path / 'calls.db'}", "ROUTER_ML_STORE_JOURNAL": str(tmp_path / "j")}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    loads, encoders = [], []
+    real_load, real_encoder = bundle_module.load_bundle, bundle_module.load_encoder
+
+    def load_bundle(*args, **kwargs):
+        loads.append(args)
+        return real_load(*args, **kwargs)
+
+    def load_encoder(*args, **kwargs):
+        encoders.append(args)
+        return real_encoder(*args, **kwargs)
+
+    monkeypatch.setattr(state, "load_bundle", load_bundle)  # what BundleHolder calls
+    monkeypatch.setattr(bundle_module, "load_bundle", load_bundle)  # any other path through router_ml.bundle
+    monkeypatch.setattr(bundle_module, "load_encoder", load_encoder)
+    get_settings.cache_clear()
+    try:
+        app = main.build_app()
+        try:
+            assert len(loads) == 1 and len(encoders) == 1
+            assert app.state.bundles.current.version == meta["version"]
+            assert sorted(app.state.providers) == sorted(meta["models"])
+        finally:
+            app.state.store.close()
+            app.state.tenants.close()
+    finally:
+        get_settings.cache_clear()

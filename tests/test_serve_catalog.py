@@ -9,12 +9,9 @@ import openai
 import pytest
 import sqlalchemy as sa
 from starlette.applications import Starlette
-from starlette.routing import Route
 
-import test_provider_anthropic as anthropic_fake
-import test_provider_gemini as gemini_fake
-import test_providers as openai_fake
 from loopback import serve
+from provider_wires import ANSWER_TEXT as ANSWER, ANTHROPIC, GEMINI, OPENAI
 from router_ml.config import get_settings
 from router_ml.data.prepare import prepare
 from router_ml.data.report import ImportReport
@@ -23,16 +20,12 @@ from router_ml.serve.main import build_app
 from router_ml.serve.tenancy.tenants import TenantStore
 from router_ml.train import TrainConfig, run
 
-ANSWER = "".join(openai_fake.ANSWER)
-assert ANSWER == "".join(anthropic_fake.ANSWER) == "".join(gemini_fake.ANSWER)
 KEYS = {"CAT_OPENAI_KEY": "sk-cat", "CAT_ANTHROPIC_KEY": "ak-cat", "CAT_GEMINI_KEY": "gk-cat"}
 
 
 @pytest.fixture(scope="module")
 def upstreams():
-    app = Starlette(routes=[Route("/v1/chat/completions", openai_fake.chat_completions, methods=["POST"]),
-                            Route("/v1/messages", anthropic_fake.messages, methods=["POST"]),
-                            Route("/v1beta/models/{target}", gemini_fake.gemini, methods=["POST"])])
+    app = Starlette(routes=OPENAI.routes + ANTHROPIC.routes + GEMINI.routes)  # one upstream speaking all three
     with serve(app) as base_url:
         yield base_url
 
@@ -94,7 +87,7 @@ upstream_model = "gemini-2.0-flash"
 
 def test_each_catalog_model_is_answered_by_its_provider_plain_and_streamed(gateway):
     client, served, app = gateway
-    fakes = {"openai": openai_fake, "anthropic": anthropic_fake, "gemini": gemini_fake}
+    wires = {"openai": OPENAI, "anthropic": ANTHROPIC, "gemini": GEMINI}
     ids, seen = [], {}
     for kind, model in served.items():
         raw = client.chat.completions.with_raw_response.create(
@@ -103,7 +96,7 @@ def test_each_catalog_model_is_answered_by_its_provider_plain_and_streamed(gatew
         assert (reply.model, reply.choices[0].message.content) == (model, ANSWER), kind
         assert raw.headers["x-router-ml-model"] == model
         ids.append(raw.headers["x-router-ml-call-id"])
-        seen[kind] = dict(fakes[kind].SEEN)
+        seen[kind] = dict(wires[kind].seen)
         chunks = client.chat.completions.create(model=model, stream=True, messages=[{"role": "user", "content": "Hi"}])
         assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == ANSWER, kind
     assert seen["openai"]["headers"]["authorization"] == f"Bearer {KEYS['CAT_OPENAI_KEY']}"

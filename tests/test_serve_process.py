@@ -103,6 +103,26 @@ def test_sdk_gets_the_recorded_answer_of_the_model_the_router_chose(server):
     assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == expected
 
 
+HEAVY = ("torch", "lightgbm", "mlflow", "statsforecast", "sentence_transformers", "optuna", "matplotlib")
+OFFLINE = ("router_ml.data.importers", "router_ml.data.dedup", "router_ml.train", "router_ml.forecast",
+           "router_ml.evaluate", "router_ml.label", "router_ml.tracking", "router_ml.plots")
+
+
+def test_the_serving_app_loads_nothing_heavy_and_nothing_offline(served, static_encoder_dir, tmp_path):
+    """The app the server runs (``build_app``, bundle, encoder, replay provider, call log, tenants) leaves the
+    training stack and the dataset importers unimported: they cost start time and memory in every worker."""
+    _copy_served(served, tmp_path)
+    env = {**os.environ, "ROUTER_ML_BUNDLE": str(tmp_path / "bundle"),
+           "ROUTER_ML_STATIC_ENCODER": str(static_encoder_dir),
+           "ROUTER_ML_OUTCOMES_PATH": str(tmp_path / "outcomes.parquet"),
+           "ROUTER_ML_STORE_URL": f"sqlite:///{tmp_path / 'calls.db'}", "ROUTER_ML_STORE_JOURNAL": str(tmp_path / "j")}
+    code = ("import sys; from router_ml.serve.main import build_app; app = build_app(); "
+            f"print(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r} or m.startswith({OFFLINE!r})))")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
 def test_every_answered_call_is_in_the_log_after_shutdown(server):
     process, client, recorded, db = server
     prompts = recorded["prompt"].unique().to_list()[:20]
@@ -128,7 +148,7 @@ def test_feedback_labels_a_logged_call_and_errors_name_the_field(mini_files, sta
 
     import httpx
 
-    from fake_provider import HandlerProvider
+    from router_ml.serve.providers.handler import HandlerProvider
     from router_ml.serve.app import create_app
     from router_ml.calllog.store import CallStore
 
@@ -257,7 +277,7 @@ def test_two_servers_never_overspend_a_tenants_budget(served, static_encoder_dir
     from concurrent.futures import ThreadPoolExecutor
     from datetime import UTC, datetime, timedelta
 
-    from router_ml.serve.tenancy.limits import period_starts
+    from router_ml.clock import period_starts
     from router_ml.serve.tenancy.admission import max_cost_usd
     from router_ml.calllog.store import CallStore
     from router_ml.tokens import count_tokens

@@ -162,7 +162,12 @@ def test_record_rejects_incomplete_rows(store):
         store.record(call_row(0, cost_source="guessed"))
     store.record(error_row(0))  # a failed call needs no tokens or cost
     store.flush()
-    assert store.lost_rows == 0
+    assert store.lost_rows == 0 and store.rejected_rows == 5 and store.written_rows == 1
+    seen = []
+    store.watch(lambda outcome, n: seen.append((outcome, n)))  # catches up, then follows
+    with pytest.raises(ValueError):
+        store.record(call_row(0, quality=-1))
+    assert seen == [("written", 1), ("recovered", 0), ("rejected", 5), ("lost", 0), ("rejected", 1)]
 
 
 def test_feedback_sets_quality_and_is_validated(store):

@@ -12,13 +12,13 @@ import pytest
 import sqlalchemy as sa
 from typer.testing import CliRunner
 
-from fake_provider import HandlerProvider
 from router_ml.cli import _first_start_key, app as cli
 from router_ml.data.prepare import prepare
 from router_ml.data.report import ImportReport
 from router_ml.embed import StaticEncoder
 from router_ml.serve.app import create_app
 from router_ml.calllog.store import CallStore
+from router_ml.serve.providers.handler import HandlerProvider
 from router_ml.serve.tenancy.tenants import TenantStore
 from router_ml.train import TrainConfig, run
 
@@ -60,6 +60,22 @@ def test_store_validates_names_and_settings_naming_the_field(store_url):
     assert updated.allowed_models is None and updated.tpm == 1000 and updated.budget_usd_day == 5  # others stay
     assert [t.name for t in store.list_tenants()] == ["acme"]
     store.close()
+
+
+def test_the_tenant_store_opens_sqlite_as_the_call_log_does(tmp_path):
+    url = f"sqlite:///{tmp_path / 'calls.db'}"
+    tenants = TenantStore(url)  # first on a new file: it alone must put the file in WAL mode
+    calls = CallStore(url)
+    try:
+        pragmas = []
+        for engine in (tenants.engine, calls.engine):
+            with engine.connect() as conn:
+                pragmas.append((conn.exec_driver_sql("PRAGMA journal_mode").scalar_one(),
+                                conn.exec_driver_sql("PRAGMA synchronous").scalar_one()))
+        assert pragmas == [("wal", 1), ("wal", 1)]  # 1: NORMAL (a connection's default is 2, FULL)
+    finally:
+        calls.close()
+        tenants.close()
 
 
 def test_keys_are_stored_only_as_hashes_and_revocation_reaches_other_processes(store_url):
@@ -303,3 +319,43 @@ def test_rate_limits_per_key_and_budgets_per_tenant_answer_429(bundle, static_en
     assert "1 requests per minute" in second.json()["error"]["message"]
     assert broke.status_code == 429 and "day budget" in broke.json()["error"]["message"]
     assert broke.json()["error"]["param"] == "budget"
+
+
+def test_a_call_degraded_by_budget_says_so_in_the_answer_the_call_log_and_the_metrics(bundle, static_encoder_dir,
+                                                                                       tmp_path):
+    from router_ml.serve.tenancy.admission import max_cost_usd
+    from router_ml.serve.tenancy.limits import MemoryLimits
+
+    directory, models = bundle
+    url = f"sqlite:///{tmp_path}/calls.db"
+    calls, tenants = CallStore(url), TenantStore(url)
+    cheapest = min(models, key=lambda m: max_cost_usd(m, 20, 50))
+    tenants.create_tenant("probe")
+    probe = tenants.issue_key("probe")
+    app = create_app(directory, {m: HandlerProvider(lambda r, m=m: f"from {m}") for m in models}, store=calls,
+                     encoder=StaticEncoder(static_encoder_dir), tenants=tenants, limits=MemoryLimits())
+    others = [m for m in models if m != cheapest]
+    [route] = _requests(app, ("POST", "/v1/route", probe,
+                              {"prompt": "What is 17 * 23?", "policy": {"lam": 0, "models": others}}))
+    chosen = route.json()["model"]  # the best predicted quality among the dearer models
+    dear, cheap = max_cost_usd(chosen, 20, 50), max_cost_usd(cheapest, 20, 50)
+    assert cheap < dear / 4
+    tenants.create_tenant("thrifty", budget_usd_day=(dear * cheap) ** 0.5, degrade_before_deny=True)
+    thrifty = tenants.issue_key("thrifty")
+    routed = _chat("router-ml/auto", max_tokens=50, router_ml={"lam": 0, "models": [chosen, cheapest]})
+    degraded, plain, metrics = _requests(app, ("POST", "/v1/chat/completions", thrifty, routed),
+                                         ("POST", "/v1/chat/completions", probe, routed),
+                                         ("GET", "/metrics", None, None))
+    assert degraded.status_code == 200 and degraded.json()["model"] == cheapest
+    assert degraded.json()["router_ml"]["decision"]["model"] == chosen
+    assert degraded.json()["router_ml"]["degraded_from"] == chosen
+    assert degraded.headers["x-router-ml-degraded-from"] == chosen
+    assert plain.json()["model"] == chosen and plain.json()["router_ml"]["degraded_from"] is None
+    assert "x-router-ml-degraded-from" not in plain.headers
+    calls.flush()
+    assert calls.get(degraded.json()["router_ml"]["call_id"])["degraded_from"] == chosen
+    assert calls.get(plain.json()["router_ml"]["call_id"])["degraded_from"] is None
+    line = f'router_ml_budget_degraded_calls_total{{from_model="{chosen}",model="{cheapest}"}} 1.0'
+    assert line in metrics.text
+    calls.close()
+    tenants.close()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +30,7 @@ from router_ml.data.report import ImportReport
 from router_ml.embed import StaticEncoder
 from router_ml.features import PromptFeaturizer
 from router_ml.progress import Progress
-from router_ml.routers.policy import choose
+from router_ml.routers.policy import Policy, choose
 from router_ml.train import (
     TrainConfig,
     build_dataset,
@@ -292,20 +293,32 @@ def test_loaded_bundle_predicts_like_the_trained_router(trained, encoder, outcom
         np.testing.assert_array_equal(cost, expected_cost)
 
 
-def test_decide_uses_the_calibrated_lambda(trained, encoder, outcomes):
+def test_choose_uses_the_calibrated_rule_unless_the_policy_sets_one(trained, encoder, outcomes):
     bundle = load_bundle(trained.bundle_dir, encoder=encoder)
     lam = trained.meta["calibration"]["parameter"]
     assert 0 < lam < math.inf
-    # Model 1 is 0.5 better than model 0 and costs 1 / lam more (not worth it at lam) or 0.25 / lam (worth it).
-    quality = np.array([[0.5, 1.0], [0.5, 1.0]])
-    cost = np.array([[0.0, 1.0 / lam], [0.0, 0.25 / lam]])
-    assert bundle.decide(quality, cost).tolist() == [0, 1]
-    assert bundle.decide(quality, cost, lam=0.0).tolist() == [1, 1]
-    assert bundle.decide(quality, cost, threshold=0.4).tolist() == [0, 0]
+    # Model 1 is 0.5 better than model 0 and costs 1 / lam more (not worth it at lam) or 0.25 / lam (worth it);
+    # the bundle's other models answer nothing right, for free.
+    quality, cost = np.zeros((2, len(bundle.models))), np.zeros((2, len(bundle.models)))
+    quality[:, :2] = [[0.5, 1.0], [0.5, 1.0]]
+    cost[:, :2] = [[0.0, 1.0 / lam], [0.0, 0.25 / lam]]
+    assert bundle.choose(quality, cost).tolist() == [0, 1]
+    assert bundle.choose(quality, cost, Policy(lam=0.0)).tolist() == [1, 1]
+    assert bundle.choose(quality, cost, Policy(quality=0.5)).tolist() == [0, 0]  # a share of the best: 0.5 x 1.0
+    assert bundle.choose(quality, cost, Policy(quality=0.6)).tolist() == [1, 1]
+    assert bundle.choose(quality, cost, Policy(models=[bundle.models[1]])).tolist() == [1, 1]
+    # A bundle calibrated with the threshold rule is served by that rule, its parameter an absolute threshold.
+    by_threshold = replace(bundle, meta={**bundle.meta, "calibration": {**bundle.meta["calibration"],
+                                                                          "rule": "threshold", "parameter": 0.4}})
+    assert by_threshold.choose(quality, cost).tolist() == [0, 0]
+    assert by_threshold.choose(quality, cost, Policy(lam=0.0)).tolist() == [1, 1]
 
     prompts, tokens = _llmrouter_prompts(outcomes)
     quality, cost = bundle.predict(prompts, tokens)
-    assert bundle.decide(quality, cost).tolist() == choose(quality, cost, lam).tolist()
+    assert bundle.choose(quality, cost).tolist() == choose(quality, cost, lam).tolist()
+    decision = bundle.decide(prompts[0], tokens[0])  # the gateway's one-prompt decision makes the same choice
+    assert decision.model == bundle.models[choose(quality[:1], cost[:1], lam)[0]] == decision.ranking[0]
+    assert sorted(decision.ranking) == sorted(bundle.models)
 
 
 def test_tampered_predictors_fail_the_checksum(trained, encoder, tmp_path):

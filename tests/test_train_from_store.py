@@ -119,7 +119,7 @@ def test_a_router_trained_on_the_call_log_loads_and_decides(env, zeroeval, outco
     bundle = load_bundle(env / "bundle", static_dir=static_encoder_dir)
     prompts = zeroeval["prompt"].unique(maintain_order=True).head(5).to_list()
     quality, cost = bundle.predict(prompts, [100] * len(prompts))
-    choice = bundle.decide(quality, cost)
+    choice = bundle.choose(quality, cost)
     assert quality.shape == cost.shape == (5, 3) and np.isfinite(quality).all()
     assert choice.shape == (5,) and set(choice.tolist()) <= {0, 1, 2}
 
@@ -157,7 +157,7 @@ def test_sparse_test_prompts_are_reported_not_scored(env, zeroeval, static_encod
     assert meta["data"]["coverage"]["validation"]["complete"] > 0  # the policy is calibrated there
     assert 0 <= meta["calibration"]["parameter"]
     bundle = load_bundle(env / "bundle", static_dir=static_encoder_dir)
-    assert bundle.decide(*bundle.predict(["What is 17 * 23?"], [12])).shape == (1,)
+    assert bundle.choose(*bundle.predict(["What is 17 * 23?"], [12])).shape == (1,)
 
 
 def test_one_model_per_prompt_cannot_be_calibrated_and_says_why(env, zeroeval):

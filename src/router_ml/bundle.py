@@ -31,7 +31,8 @@ import numpy as np
 from router_ml.config import PROJECT_ROOT, get_settings
 from router_ml.embed import MINILM_ID, MiniLMEncoder, StaticEncoder
 from router_ml.features import PromptFeaturizer
-from router_ml.routers.policy import choose, choose_threshold
+from router_ml.pricing import cost_usd_if_priced
+from router_ml.routers.policy import Calibration, Policy, choose_for, fallback_order
 
 FORMAT_VERSION = 1
 META_FILE = "bundle.json"
@@ -72,6 +73,23 @@ def file_sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The routing decision for one prompt: the chosen model, the allowed models in the order a call tries
+    them (``ranking``, the chosen one first), the per-model predictions and how long deciding took."""
+
+    model: str
+    ranking: list[str]
+    predicted: list[dict]
+    decision_ms: float
+    bundle_version: str
+
+    def as_dict(self) -> dict:
+        """The decision as the API shows it (plain JSON types)."""
+        return {"model": self.model, "predicted": self.predicted, "decision_ms": self.decision_ms,
+                "bundle_version": self.bundle_version}
 
 
 @dataclass
@@ -120,13 +138,31 @@ class Bundle:
         expected, upper = self.lengths.predict_models(X, self.models)
         return expected[0], np.ceil(upper[0]).astype(int)
 
-    def decide(self, quality: np.ndarray, cost: np.ndarray, lam: float | None = None,
-               threshold: float | None = None) -> np.ndarray:
-        """Model index per prompt: the quality threshold if given, else quality - lam * cost
-        (lam defaults to the bundle's calibrated value)."""
-        if threshold is not None:
-            return choose_threshold(quality, cost, threshold)
-        return choose(quality, cost, self.meta["calibration"]["parameter"] if lam is None else lam)
+    @cached_property
+    def calibration(self) -> Calibration:
+        """The policy calibrated at training time: its rule and parameter apply when a caller sets neither."""
+        return Calibration(**self.meta["calibration"])
+
+    def choose(self, quality: np.ndarray, cost: np.ndarray, policy: Policy | None = None) -> np.ndarray:
+        """Model index per prompt under ``policy`` (default: the calibrated rule), from (prompts x models)
+        predictions: :func:`~router_ml.routers.policy.choose_for`, the gateway's choice."""
+        return choose_for(policy or Policy(), quality, cost, self.models, self.calibration)[0]
+
+    def decide(self, prompt: str, input_tokens: int, policy: Policy | None = None) -> Decision:
+        """The gateway's decision for one prompt: predict, choose under ``policy``, rank the fallbacks.
+        ValueError names a policy the bundle cannot apply (a model it does not know)."""
+        started = time.perf_counter()
+        quality, cost, lengths = self.predict_with_lengths(prompt, input_tokens)
+        choice, allowed = choose_for(policy or Policy(), quality, cost, self.models, self.calibration)
+        order = fallback_order(int(choice[0]), allowed[0], quality, cost)
+        predicted = [{"model": m, "quality": float(q), "cost_usd": float(c), "allowed": bool(a)}
+                     for m, q, c, a in zip(self.models, quality, cost, allowed[0])]
+        if lengths is not None:  # the answer's expected length, its priced estimate, and the bound a reservation holds
+            for row, expected, upper in zip(predicted, *lengths):
+                row["output_tokens"], row["max_output_tokens"] = round(float(expected), 1), int(upper)
+                row["estimated_cost_usd"] = cost_usd_if_priced(row["model"], input_tokens, round(float(expected)))
+        return Decision(self.models[order[0]], [self.models[i] for i in order], predicted,
+                        (time.perf_counter() - started) * 1000, self.version)
 
 
 def json_safe(value):

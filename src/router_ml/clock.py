@@ -5,6 +5,10 @@ forecast starts, a call's ``ts``, a key's ``revoked_at``) takes a :class:`Clock`
 :data:`SYSTEM_CLOCK`) and calls ``clock.now()``: an aware UTC datetime. Tests pin it with :class:`FixedClock` and
 move it across the boundaries they check; ``router-ml forecast --as-of`` is a fixed clock too. Durations and rate
 buckets are not calendar logic: they keep ``time.monotonic``.
+
+The calendar of budget periods (:func:`period_starts`, :func:`period_id`, :func:`period_end`: UTC days and months)
+and the one UTC normalisation (:func:`as_utc`, for datetimes read back from a database) live here too, below
+everything that uses them (the call log, tenancy, observability, forecasts).
 """
 
 from __future__ import annotations
@@ -39,10 +43,41 @@ def utc_now() -> datetime:
     return SYSTEM_CLOCK.now()
 
 
+def as_utc(value: datetime | None) -> datetime | None:
+    """``value`` as an aware UTC datetime; a naive one is taken to be UTC already (SQLite gives naive datetimes
+    back, and they were written in UTC); None stays None."""
+    if value is None:
+        return None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None or value.utcoffset() is None else value.astimezone(UTC)
+
+
 def _aware_utc(at: datetime) -> datetime:
+    """A clock's time: an aware datetime, in UTC. A naive one is refused (its zone would be a guess)."""
     if at.tzinfo is None or at.utcoffset() is None:
         raise ValueError(f"a clock needs an aware datetime (say tzinfo=UTC), not the naive {at.isoformat()}")
-    return at.astimezone(UTC)
+    return as_utc(at)
+
+
+# ----------------------------------------------------------------- the calendar of budget periods
+PERIODS = ("day", "month")
+
+
+def period_starts(now: datetime) -> dict[str, datetime]:
+    """The UTC start of the day and of the month that ``now`` falls in."""
+    day = as_utc(now).replace(hour=0, minute=0, second=0, microsecond=0)
+    return {"day": day, "month": day.replace(day=1)}
+
+
+def period_id(period: str, start: datetime) -> str:
+    """The period's name in counters and reservations: ``2026-11-26`` for a day, ``2026-11`` for a month."""
+    return start.strftime("%Y-%m-%d" if period == "day" else "%Y-%m")
+
+
+def period_end(period: str, start: datetime) -> datetime:
+    """The start of the period after the one that starts at ``start``."""
+    if period == "day":
+        return start + timedelta(days=1)
+    return (start.replace(day=28) + timedelta(days=4)).replace(day=1)
 
 
 class FixedClock:

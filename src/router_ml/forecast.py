@@ -27,6 +27,8 @@ from datetime import UTC, date, datetime, timedelta
 
 import polars as pl
 
+from router_ml.clock import as_utc
+
 METRICS = ("requests", "tokens", "spend_usd")
 SEASON_DAYS = 7
 MIN_DAYS_SEASONAL = 2 * SEASON_DAYS
@@ -210,7 +212,7 @@ def daily_usage(store, tenant: str | None = None, days: int | None = None,
     schema = {"tenant": pl.String, "day": pl.Date, "requests": pl.Int64, "tokens": pl.Int64, "spend_usd": pl.Float64}
     if not rows:
         return pl.DataFrame(schema=schema)
-    raw = pl.DataFrame({"ts": [_utc_day(r[0]) for r in rows], "tenant": [r[1] for r in rows],
+    raw = pl.DataFrame({"ts": [as_utc(r[0]).date() for r in rows], "tenant": [r[1] for r in rows],
                         "tokens": [(r[2] or 0) + (r[3] or 0) for r in rows], "spend_usd": [r[4] or 0.0 for r in rows]},
                        schema={"ts": pl.Date, "tenant": pl.String, "tokens": pl.Int64, "spend_usd": pl.Float64})
     end = until or raw["ts"].max()
@@ -224,11 +226,6 @@ def daily_usage(store, tenant: str | None = None, days: int | None = None,
     return (grid.join(totals, on=["tenant", "day"], how="left", nulls_equal=True)
             .with_columns(pl.col("requests", "tokens").fill_null(0), pl.col("spend_usd").fill_null(0.0))
             .sort("tenant", "day", nulls_last=True).select(list(schema)).cast(schema))
-
-
-def _utc_day(ts: datetime) -> date:
-    """SQLite returns naive datetimes (stored as UTC), PostgreSQL aware ones."""
-    return (ts.astimezone(UTC) if ts.tzinfo else ts).date()
 
 
 def forecast_history(store, tenant: str | None, now: datetime, days: int | None = None) -> tuple[pl.DataFrame, str | None]:
@@ -258,7 +255,7 @@ def forecast_history(store, tenant: str | None, now: datetime, days: int | None 
 def _first_call(store, tenant: str | None, today: date) -> datetime:
     import sqlalchemy as sa
 
-    from router_ml.calllog.store import as_utc, calls
+    from router_ml.calllog.store import calls
 
     query = sa.select(sa.func.min(calls.c.ts)).where(calls.c.ts >= datetime.combine(today, datetime.min.time(), UTC))
     if tenant is not None:

@@ -8,6 +8,7 @@ SQLAlchemy and the standard library are imported here. :mod:`router_ml.calllog.s
 analytics share (it needs polars: import it where it is used).
 """
 
+from router_ml.calllog.engine import engine_for
 from router_ml.calllog.migrations import (
     MIGRATIONS,
     VERSION_TABLE,
@@ -20,5 +21,5 @@ from router_ml.calllog.migrations import (
     upgrade,
 )
 
-__all__ = ["MIGRATIONS", "VERSION_TABLE", "Migration", "SchemaTooNew", "Status", "Upgrade", "head", "status",
-           "upgrade"]
+__all__ = ["MIGRATIONS", "VERSION_TABLE", "Migration", "SchemaTooNew", "Status", "Upgrade", "engine_for", "head",
+           "status", "upgrade"]

@@ -232,12 +232,16 @@ _calls_0005 = sa.Table("calls", sa.MetaData(), sa.Column("tenant", sa.String(200
 _indexes_0005 = (sa.Index("calls_tenant_ts", _calls_0005.c.tenant, _calls_0005.c.ts),
                  sa.Index("calls_ts", _calls_0005.c.ts))
 
+# 0006: the model a budget-degraded call was degraded from (the gateway's first choice).
+_calls_0006 = sa.Table("calls", sa.MetaData(), sa.Column("degraded_from", sa.String(200)))
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "calls", "57730f6", (CreateTable(_calls_0001),)),
     Migration(2, "tenants_and_api_keys", "44c098a", (CreateTable(_tenants_0002), CreateTable(_api_keys_0002))),
     Migration(3, "calls_cache_columns", "0342915", (AddColumns(_calls_0003),)),
     Migration(4, "api_keys_rate_limits", "69c40ef", (AddColumns(_api_keys_0004),)),
     Migration(5, "calls_time_indexes", "b5eb8f3", (AddIndexes(_indexes_0005),)),
+    Migration(6, "calls_degraded_from", "issue 13", (AddColumns(_calls_0006),)),
 )
 
 

@@ -35,7 +35,9 @@ above that the (unbounded) queue grows.
 Failures. A batch whose insert raises is logged, counted in ``failed_batches`` and retried once;
 if the retry fails too, its rows are inserted one by one so that one bad row cannot sink the
 others, and rows that still fail are logged with their ``call_id`` at ERROR, counted in
-``lost_rows`` and kept in ``dead_letter`` (the rows as queued). Nothing is dropped silently.
+``lost_rows`` and kept in ``dead_letter`` (the rows as queued). A row :meth:`CallStore.record` refuses
+is counted in ``rejected_rows``. Nothing is dropped silently: :meth:`CallStore.watch` hands every row counter
+(:data:`ROW_OUTCOMES`) to ``/metrics``.
 """
 
 from __future__ import annotations
@@ -49,16 +51,18 @@ import queue
 import threading
 import time
 import uuid
-from collections.abc import Sequence
-from datetime import UTC, datetime
+from collections.abc import Callable, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 import sqlalchemy as sa
 
+from router_ml.calllog.engine import engine_for
 from router_ml.calllog.migrations import upgrade
-from router_ml.clock import SYSTEM_CLOCK, Clock
+from router_ml.calllog.record import CallRecord
+from router_ml.clock import SYSTEM_CLOCK, Clock, as_utc
 from router_ml.data import schema
 from router_ml.data.ids import group_id
 from router_ml.data.ids import prompt_id as stable_prompt_id
@@ -67,7 +71,7 @@ log = logging.getLogger(__name__)
 
 STATUSES = ("ok", "error")
 EXTRA_COLUMNS = ("call_id", "status", "error", "http_status", "bundle_version", "routed", "policy", "feedback_at",
-                 "cache", "saved_usd")
+                 "cache", "saved_usd", "degraded_from")
 ALL_COLUMNS = tuple(c.name for c in schema.COLUMNS) + EXTRA_COLUMNS
 # Fields a caller must give for every call; an 'ok' call must give every non-null outcomes column
 # except those the store derives (prompt_id, group_id from the prompt; source, flags by default).
@@ -75,6 +79,11 @@ _DERIVED = {"prompt_id", "group_id", "source", "flags"}
 REQUIRED_ALWAYS = ("prompt", "model", "task", "http_status")
 REQUIRED_OK = tuple(n for n in schema.NON_NULL if n not in _DERIVED and n not in REQUIRED_ALWAYS)
 _JSON_COLUMNS = ("flags", "policy", "messages")
+# The store's row counters by outcome (attribute names): written (committed by the writer), recovered (replayed from a
+# dead process's journal), rejected (refused by record(): never queued), lost (the writer gave up on it after the
+# retries; kept in ``dead_letter``, and with a journal its segment is kept for the next recovery).
+ROW_OUTCOMES = {"written": "written_rows", "recovered": "recovered_rows", "rejected": "rejected_rows",
+                "lost": "lost_rows"}
 
 # What the queries use. A change of these tables needs a new numbered migration in
 # router_ml.calllog.migrations (tests/test_migrations.py checks that its head equals these definitions).
@@ -113,6 +122,7 @@ calls = sa.Table(
     sa.Column("feedback_at", sa.DateTime(timezone=True)),
     sa.Column("cache", sa.String(16)),  # 'exact' or 'semantic' when the answer came from the response cache
     sa.Column("saved_usd", sa.Float),  # for a cache hit: what the original call cost
+    sa.Column("degraded_from", sa.String(200)),  # over budget: the model the gateway chose before degrading
     sa.CheckConstraint("status IN ('ok', 'error')", name="calls_status"),
     sa.Index("calls_status_feedback", "status", "feedback_at"),
     sa.Index("calls_tenant_ts", "tenant", "ts"),  # a tenant's spend in a budget period, its analytics and forecast
@@ -146,13 +156,6 @@ def _journal_default(value: Any) -> str:
     raise TypeError(f"call field value {value!r} ({type(value).__name__}) is not JSON serializable")
 
 
-def as_utc(value: datetime | None) -> datetime | None:
-    """An aware UTC datetime (SQLite gives naive ones back; they were written in UTC)."""
-    if value is None:
-        return None
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
 def _check_quality(quality: Any) -> float:
     if isinstance(quality, bool) or not isinstance(quality, (int, float)) or math.isnan(quality):
         raise ValueError(f"quality must be a number in [0, 1], got {quality!r}")
@@ -177,7 +180,10 @@ class CallStore:
         self.recovered_rows = 0
         self.corrupt_journal_lines = 0
         self.dead_letter: list[dict] = []
-        self.engine = self._engine(url)
+        self.rejected_rows = 0  # rows record() refused: invalid, closed store, journal not writable
+        self._count_lock = threading.Lock()
+        self._watchers: tuple[Callable[[str, int], None], ...] = ()
+        self.engine = engine_for(url)  # WAL and synchronous=NORMAL on SQLite (router_ml.calllog.engine)
         upgrade(self.engine)  # every table of the call log's database at the newest schema (router_ml.calllog)
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._closed = False
@@ -196,26 +202,46 @@ class CallStore:
         self._writer = threading.Thread(target=self._run, name="call-store-writer", daemon=True)
         self._writer.start()
 
-    @staticmethod
-    def _engine(url: str) -> sa.Engine:
-        if not url.startswith("sqlite"):
-            return sa.create_engine(url, pool_pre_ping=True)
-        engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+    # ----------------------------------------------------------------- counters
+    def _count(self, outcome: str, n: int) -> None:
+        """Add ``n`` rows to the counter of ``outcome`` (see :data:`ROW_OUTCOMES`) and tell the watchers."""
+        if not n:
+            return
+        name = ROW_OUTCOMES[outcome]
+        with self._count_lock:
+            setattr(self, name, getattr(self, name) + n)
+            watchers = self._watchers
+        for watcher in watchers:
+            try:
+                watcher(outcome, n)
+            except Exception:  # a broken exporter must not stop the writer
+                log.exception("call store: a row counter watcher failed")
 
-        @sa.event.listens_for(engine, "connect")
-        def _pragmas(dbapi_conn, _record):  # noqa: ANN001
-            cursor = dbapi_conn.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA synchronous=NORMAL")
-            cursor.close()
-
-        return engine
+    def watch(self, watcher: Callable[[str, int], None]) -> None:
+        """Call ``watcher(outcome, n)`` for every ``n`` rows counted from now on (outcomes: the keys of
+        :data:`ROW_OUTCOMES`), at once for the rows counted so far (each outcome, 0 included); from the thread that
+        counts them (the writer's, a request's). How ``/metrics`` exports the counters, live in every worker."""
+        with self._count_lock:
+            self._watchers = (*self._watchers, watcher)
+            so_far = {outcome: getattr(self, name) for outcome, name in ROW_OUTCOMES.items()}
+        for outcome, n in so_far.items():
+            watcher(outcome, n)
 
     # ----------------------------------------------------------------- hot path
-    def record(self, call: dict) -> str:
+    def record(self, call: CallRecord | dict) -> str:
+        """Queue one call row and return its ``call_id``; never touches the database. The row's contract is
+        :meth:`_accept`'s; a row it refuses (it raises) is counted in ``rejected_rows`` before the error goes on."""
+        try:
+            return self._accept(call)
+        except Exception:
+            self._count("rejected", 1)
+            raise
+
+    def _accept(self, call: CallRecord | dict) -> str:
         """Queue one call row and return its ``call_id``; never touches the database.
 
-        ``call`` holds outcomes columns and call metadata by name. Required: prompt, model, task,
+        ``call`` is the gateway's :class:`~router_ml.calllog.record.CallRecord`, or a dict of outcomes columns and
+        call metadata by name (an import, a test). Required: prompt, model, task,
         http_status; for ``status='ok'`` (the default) also input_tokens, cost_usd, cost_source.
         Defaults: call_id (uuid4 hex), ts (now, UTC), status 'ok', source 'gateway', flags [],
         routed False, prompt_id and group_id derived from the prompt. Unknown keys, a missing
@@ -223,7 +249,7 @@ class CallStore:
         """
         if self._closed:
             raise RuntimeError("CallStore is closed")
-        row = dict(call)
+        row = call.as_row() if isinstance(call, CallRecord) else dict(call)
         unknown = row.keys() - set(ALL_COLUMNS)
         if unknown:
             raise ValueError(f"unknown call field(s): {', '.join(sorted(unknown))}")
@@ -295,7 +321,7 @@ class CallStore:
                 path.unlink(missing_ok=True)
             finally:
                 os.close(fd)
-        self.recovered_rows += inserted
+        self._count("recovered", inserted)
         if inserted:
             log.warning("call store: recovered %d call(s) from the journal of a process that died", inserted)
         return inserted
@@ -357,7 +383,7 @@ class CallStore:
         for attempt in (1, 2):
             try:
                 self._insert(batch)
-                self.written_rows += len(batch)
+                self._count("written", len(batch))
                 return
             except Exception:
                 self.failed_batches += 1
@@ -368,10 +394,10 @@ class CallStore:
         for row in batch:  # the batch failed twice: save what can be saved, row by row
             try:
                 self._insert([row])
-                self.written_rows += 1
+                self._count("written", 1)
             except Exception:
-                self.lost_rows += 1
                 self.dead_letter.append(row)
+                self._count("lost", 1)
                 log.exception("call store: call %s could not be written; kept in dead_letter", row.get("call_id"))
 
     def _retire(self, segment: _Rotated) -> None:
@@ -412,8 +438,8 @@ class CallStore:
                 try:
                     self._write(batch)
                 except Exception:  # _write catches DB errors; this guards against bugs so the thread lives
-                    self.lost_rows += len(batch)
                     self.dead_letter.extend(batch)
+                    self._count("lost", len(batch))
                     log.exception("call store: writer error; %d row(s) kept in dead_letter", len(batch))
                 batch = []
             for marker in markers:

@@ -4,7 +4,11 @@ Two rules turn a (prompts x models) matrix of predicted quality and one of predi
 cost into a choice per prompt:
 
 - ``choose``: maximize predicted quality - lambda * cost (ties to the cheaper model);
-- ``choose_threshold``: the cheapest model predicted to reach a quality threshold.
+- ``choose_threshold``: the cheapest model predicted to reach a quality threshold (absolute).
+
+``choose_for`` is the one choice the gateway, the bundle and the benchmarks make: a caller's
+``Policy`` (allowed models, a cost cap, a share of the best predicted quality or a lambda) over
+the bundle's calibrated rule; ``fallback_order`` ranks the other allowed models after it.
 
 Each rule has one parameter; sweeping it from the quality end to the cheap end gives
 the router's operating curve (``operating_curve``, ``threshold_curve``). Both sweeps
@@ -18,9 +22,11 @@ so the curve is the running sum of those per-prompt switches sorted by parameter
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from pydantic import BaseModel, Field
 
 KINDS = ("quality_share", "strong_share", "cost_per_1k")
 RULES = ("lambda", "threshold")
@@ -35,27 +41,105 @@ def _cheapest(allowed: np.ndarray, cost: np.ndarray, quality: np.ndarray) -> np.
     return np.where(tied, quality, -np.inf).argmax(axis=1)
 
 
-def choose(predicted_quality: np.ndarray, cost: np.ndarray, lam: float) -> np.ndarray:
-    """Per prompt, the model maximizing predicted quality - ``lam`` * cost, ties to the cheaper model.
+def choose(predicted_quality: np.ndarray, cost: np.ndarray, lam: float,
+           allowed: np.ndarray | None = None) -> np.ndarray:
+    """Per prompt, the model maximizing predicted quality - ``lam`` * cost, ties to the cheaper model; only
+    ``allowed`` models (a boolean mask of the same shape, at least one per prompt) when given.
 
     ``lam=inf`` is the cheapest model (ties to the higher predicted quality), the limit of large ``lam``.
     """
     predicted_quality, cost = np.asarray(predicted_quality, dtype=float), np.asarray(cost, dtype=float)
+    allowed = np.ones(cost.shape, dtype=bool) if allowed is None else allowed
     if np.isinf(lam):
-        return _cheapest(np.ones(cost.shape, dtype=bool), cost, predicted_quality)
-    score = predicted_quality - lam * cost
-    top = score >= score.max(axis=1, keepdims=True) - _TIE
+        return _cheapest(allowed, cost, predicted_quality)
+    score = np.where(allowed, predicted_quality - lam * cost, -np.inf)
+    top = allowed & (score >= score.max(axis=1, keepdims=True) - _TIE)
     return np.where(top, cost, np.inf).argmin(axis=1)
 
 
-def choose_threshold(predicted_quality: np.ndarray, cost: np.ndarray, threshold: float) -> np.ndarray:
+def choose_threshold(predicted_quality: np.ndarray, cost: np.ndarray, threshold: float,
+                     allowed: np.ndarray | None = None) -> np.ndarray:
     """Per prompt, the cheapest model whose predicted quality is at least ``threshold`` (ties to the
-    higher predicted quality); where none reaches it, the highest predicted quality (ties to the cheaper)."""
+    higher predicted quality); where none reaches it, the highest predicted quality (ties to the cheaper).
+    Only ``allowed`` models when given, as for ``choose``."""
     predicted_quality, cost = np.asarray(predicted_quality, dtype=float), np.asarray(cost, dtype=float)
-    reaching = predicted_quality >= threshold
-    best = predicted_quality >= predicted_quality.max(axis=1, keepdims=True)
+    allowed = np.ones(cost.shape, dtype=bool) if allowed is None else allowed
+    masked = np.where(allowed, predicted_quality, -np.inf)
+    reaching = allowed & (predicted_quality >= threshold)
+    best = allowed & (masked >= masked.max(axis=1, keepdims=True))
     fallback = np.where(best, cost, np.inf).argmin(axis=1)
     return np.where(reaching.any(axis=1), _cheapest(reaching, cost, predicted_quality), fallback)
+
+
+def choose_share(predicted_quality: np.ndarray, cost: np.ndarray, share: float,
+                 allowed: np.ndarray | None = None) -> np.ndarray:
+    """Per prompt, the cheapest model predicted to keep ``share`` of the best predicted quality among the
+    ``allowed`` ones (ties to the higher predicted quality); the best one always qualifies."""
+    predicted_quality, cost = np.asarray(predicted_quality, dtype=float), np.asarray(cost, dtype=float)
+    allowed = np.ones(cost.shape, dtype=bool) if allowed is None else allowed
+    best = np.where(allowed, predicted_quality, -np.inf).max(axis=1, keepdims=True)
+    keeping = allowed & ((predicted_quality >= share * best) | (predicted_quality >= best))
+    return _cheapest(keeping, cost, predicted_quality)
+
+
+class Policy(BaseModel):
+    """What a caller asks of the choice, for one request or as a tenant's default.
+
+    - ``quality``: a *share*: keep this share of the best predicted quality among the allowed models (the
+      cheapest allowed model predicted to reach ``quality`` x that best; see ``choose_share``);
+    - ``lam``: maximize predicted quality - ``lam`` x predicted cost in USD (``choose``);
+    - ``max_cost``: only models predicted to cost at most this (USD per call); where none does, the cheapest
+      allowed one;
+    - ``models``: only these models.
+
+    Without ``quality`` or ``lam`` the bundle's calibrated rule applies, whichever it is (``Calibration``).
+    """
+
+    quality: float | None = Field(default=None, gt=0, le=1)
+    lam: float | None = Field(default=None, ge=0)
+    max_cost: float | None = Field(default=None, gt=0)
+    models: list[str] | None = None
+
+
+def allowed_mask(policy: Policy, models: Sequence[str], cost: np.ndarray) -> np.ndarray:
+    """(prompts x models) booleans: the models ``policy`` lets each prompt use. A ``max_cost`` no allowed model
+    meets for a prompt leaves that prompt its cheapest allowed model(s). ValueError names models not in ``models``."""
+    cost = np.atleast_2d(np.asarray(cost, dtype=float))
+    allowed = np.ones(cost.shape, dtype=bool)
+    if policy.models is not None:
+        unknown = sorted(set(policy.models) - set(models))
+        if unknown:
+            raise ValueError(f"models not in the router bundle: {', '.join(unknown)}; known: {', '.join(models)}")
+        if not policy.models:
+            raise ValueError("models is empty: name at least one model, or leave it out for every model")
+        allowed &= np.isin(np.asarray(models), policy.models)
+    if policy.max_cost is not None:
+        cheap = allowed & (cost <= policy.max_cost)
+        floor = np.where(allowed, cost, np.inf).min(axis=1, keepdims=True)
+        allowed = np.where(cheap.any(axis=1, keepdims=True), cheap, allowed & (cost <= floor))
+    return allowed
+
+
+def choose_for(policy: Policy, predicted_quality: np.ndarray, cost: np.ndarray, models: Sequence[str],
+               calibration: Calibration) -> tuple[np.ndarray, np.ndarray]:
+    """(model index per prompt, allowed mask): the choice under ``policy``, which falls back to
+    ``calibration``'s rule and parameter when it sets neither ``quality`` nor ``lam``."""
+    predicted_quality = np.atleast_2d(np.asarray(predicted_quality, dtype=float))
+    cost = np.atleast_2d(np.asarray(cost, dtype=float))
+    allowed = allowed_mask(policy, models, cost)
+    if policy.quality is not None:
+        return choose_share(predicted_quality, cost, policy.quality, allowed), allowed
+    if policy.lam is not None:
+        return choose(predicted_quality, cost, policy.lam, allowed), allowed
+    rule = choose if calibration.rule == "lambda" else choose_threshold
+    return rule(predicted_quality, cost, calibration.parameter, allowed), allowed
+
+
+def fallback_order(choice: int, allowed: np.ndarray, predicted_quality: np.ndarray, cost: np.ndarray) -> list[int]:
+    """One prompt's allowed models to try, as indices: the choice, then the others by predicted quality
+    (highest first), ties to the cheaper."""
+    others = [i for i in np.flatnonzero(allowed) if i != choice]
+    return [int(choice)] + sorted((int(i) for i in others), key=lambda i: (-predicted_quality[i], cost[i]))
 
 
 def choice_point(quality: np.ndarray, cost: np.ndarray, choice: np.ndarray) -> tuple[float, float]:

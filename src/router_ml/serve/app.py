@@ -8,6 +8,7 @@ from fastapi import FastAPI
 
 from router_ml.clock import SYSTEM_CLOCK, Clock
 from router_ml.serve.api import admin, analytics, chat, dashboard, errors, feedback, meta, metrics, route
+from router_ml.serve.gateway.call import Gateway
 from router_ml.serve.observability.metrics import Metrics, RequestMetrics
 from router_ml.serve.state import BundleHolder
 
@@ -15,10 +16,12 @@ from router_ml.serve.state import BundleHolder
 MAX_BODY_BYTES = 16 << 20  # a long-context request with images stays well below; beyond: 413
 
 
-def create_app(bundle_dir: Path, providers: dict, store=None, encoder=None,
+def create_app(bundle_dir: Path | BundleHolder, providers: dict, store=None, encoder=None,
                max_body_bytes: int = MAX_BODY_BYTES, tenants=None, admin_key: str | None = None,
                limits=None, cache=None, clock: Clock = SYSTEM_CLOCK) -> FastAPI:
-    """An app routing with the bundle in ``bundle_dir``; ``providers`` maps each served model name to the
+    """An app routing with the bundle in ``bundle_dir`` (a directory, or a
+    :class:`~router_ml.serve.state.BundleHolder` already loaded, so that a caller that needed the bundle first does
+    not load it twice; ``encoder`` then belongs to the holder); ``providers`` maps each served model name to the
     provider that answers for it; ``store`` (optional) receives every call for the call log. A request body
     over ``max_body_bytes`` is refused with 413 before it is read in full. With ``tenants`` (a
     :class:`~router_ml.serve.tenancy.tenants.TenantStore`) every ``/v1/*`` call needs a tenant's API key and
@@ -29,7 +32,12 @@ def create_app(bundle_dir: Path, providers: dict, store=None, encoder=None,
     tenants and the limits the same one (their ``clock=``), as :func:`router_ml.serve.main.build_app` does."""
     app = FastAPI(title="router-ml", version="0.1.0")
     app.add_middleware(errors.BodyLimit, limit=max_body_bytes)
-    app.state.bundles = BundleHolder(bundle_dir, encoder=encoder)
+    if isinstance(bundle_dir, BundleHolder):
+        if encoder is not None:
+            raise ValueError("create_app: give the encoder to the BundleHolder, not beside it")
+        app.state.bundles = bundle_dir
+    else:
+        app.state.bundles = BundleHolder(bundle_dir, encoder=encoder)
     app.state.providers = dict(providers)
     app.state.store = store
     app.state.tenants = tenants
@@ -37,8 +45,11 @@ def create_app(bundle_dir: Path, providers: dict, store=None, encoder=None,
     app.state.limits = limits
     app.state.cache = cache
     app.state.clock = clock
-    app.state.log_rejects = 0  # calls the call log refused (each also logged as an error)
     app.state.metrics = Metrics(app.state.providers, app.state.bundles)
+    if hasattr(store, "watch"):  # a CallStore: its rejected, lost and dead-lettered rows reach /metrics
+        app.state.metrics.watch_store(store)
+    app.state.gateway = Gateway(app.state.bundles, app.state.providers, store=store, metrics=app.state.metrics,
+                                limits=limits, cache=cache)
     app.add_middleware(RequestMetrics, metrics=app.state.metrics, routes=app.routes)  # outermost: counts 413s
     errors.install(app)
     for area in (meta, route, chat, feedback, admin, analytics, metrics, dashboard):

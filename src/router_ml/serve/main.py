@@ -86,16 +86,16 @@ def response_cache(settings, encode):
 
 def build_app():
     """The app for uvicorn's ``factory=True``: bundle, providers and call log from the settings."""
-    from router_ml.bundle import load_bundle
     from router_ml.clock import SYSTEM_CLOCK
     from router_ml.serve.app import create_app
     from router_ml.serve.tenancy.limits import limits_for
-    from router_ml.serve.state import watch
+    from router_ml.serve.state import BundleHolder, watch
     from router_ml.calllog.store import CallStore
     from router_ml.serve.tenancy.tenants import TenantStore
 
     settings = get_settings()
-    models = load_bundle(settings.bundle).models
+    bundles = BundleHolder(settings.bundle)  # the bundle and its encoder, loaded once: the app serves this holder
+    models = bundles.current.models
     clock = SYSTEM_CLOCK  # one "now" for the call log's stamps, budget periods and analytics
     store = CallStore(settings.store_url, journal_dir=settings.store_journal, clock=clock)
     tenants = TenantStore(settings.store_url, clock=clock)
@@ -103,7 +103,7 @@ def build_app():
     limits = limits_for(settings.redis_url, lambda tenant, _period, start: store.spend(tenant, start), clock=clock)
     pool = UpstreamPool()
     cache = response_cache(settings, lambda texts: app.state.bundles.current.encoder.encode(texts))
-    app = create_app(settings.bundle, providers_for(models, settings, pool), store=store, tenants=tenants,
+    app = create_app(bundles, providers_for(models, settings, pool), store=store, tenants=tenants,
                      admin_key=settings.admin_key, limits=limits, cache=cache, clock=clock)
 
     @asynccontextmanager

@@ -1,4 +1,5 @@
-"""``/admin/*``, behind the admin key: bundle reload, tenants and their API keys."""
+"""``/admin/*``, behind the admin key: bundle reload, tenants and their API keys. Every load and query runs in a
+worker thread: the event loop keeps serving calls."""
 
 from __future__ import annotations
 
@@ -33,35 +34,40 @@ def _store(request: Request) -> TenantStore:
     return request.app.state.tenants
 
 
-def _call(method, *args, **kwargs):
-    """A TenantStore call with its errors as API errors (a bad setting 400, an unknown name or key 404)."""
+async def _call(method, *args, **kwargs):
+    """A TenantStore call, in a worker thread, with its errors as API errors (a bad setting 400, an unknown name or
+    key 404)."""
     try:
-        return method(*args, **kwargs)
+        return await asyncio.to_thread(method, *args, **kwargs)
     except ValueError as exc:
         raise APIError(400, str(exc)) from exc
     except KeyError as exc:
         raise APIError(404, exc.args[0]) from exc
 
 
-def _describe(store: TenantStore, name: str) -> dict:
-    return {**_call(store.require, name).as_dict(), "keys": _call(store.list_keys, name)}
+def _described(store: TenantStore, name: str) -> dict:
+    return {**store.require(name).as_dict(), "keys": store.list_keys(name)}
+
+
+async def _describe(store: TenantStore, name: str) -> dict:
+    return await _call(_described, store, name)
 
 
 @router.post("/tenants", status_code=201)
 async def create_tenant(body: NewTenant, request: Request):
     store = _store(request)
     settings = body.model_dump(exclude={"name"}, exclude_unset=True)
-    return _call(store.create_tenant, body.name, **settings).as_dict()
+    return (await _call(store.create_tenant, body.name, **settings)).as_dict()
 
 
 @router.get("/tenants")
 async def list_tenants(request: Request):
-    return {"object": "list", "data": [t.as_dict() for t in _store(request).list_tenants()]}
+    return {"object": "list", "data": [t.as_dict() for t in await _call(_store(request).list_tenants)]}
 
 
 @router.get("/tenants/{name}")
 async def get_tenant(name: str, request: Request):
-    return _describe(_store(request), name)
+    return await _describe(_store(request), name)
 
 
 @router.patch("/tenants/{name}")
@@ -73,8 +79,8 @@ async def update_tenant(name: str, request: Request):
         changes = None
     if not isinstance(changes, dict):
         raise APIError(400, "the body must be a JSON object of tenant settings")
-    _call(store.update_tenant, name, **changes)
-    return _describe(store, name)
+    await _call(store.update_tenant, name, **changes)
+    return await _describe(store, name)
 
 
 class KeyLimits(BaseModel):
@@ -86,10 +92,10 @@ class KeyLimits(BaseModel):
 
 @router.post("/tenants/{name}/keys", status_code=201)
 async def issue_key(name: str, request: Request, limits: KeyLimits | None = None):
-    key = _call(_store(request).issue_key, name, **(limits.model_dump() if limits is not None else {}))
+    key = await _call(_store(request).issue_key, name, **(limits.model_dump() if limits is not None else {}))
     return {"tenant": name, "key": key, "prefix": key[:SHOWN_CHARS], "note": "shown once: only its hash is stored"}
 
 
 @router.delete("/tenants/{name}/keys/{prefix}")
 async def revoke_key(name: str, prefix: str, request: Request):
-    return {"tenant": name, "prefix": prefix, "revoked": _call(_store(request).revoke_key, name, prefix)}
+    return {"tenant": name, "prefix": prefix, "revoked": await _call(_store(request).revoke_key, name, prefix)}

@@ -1,5 +1,4 @@
-"""Who is calling: the tenant of a ``/v1/*`` request's API key, the admin key of ``/admin/*``, and what the
-tenant's settings make of a request's policy and model.
+"""Who is calling: the tenant of a ``/v1/*`` request's API key, the admin key of ``/admin/*``.
 
 Auth is on when the app has a tenant store (``create_app(tenants=...)``, as ``build_app`` always does): every
 ``/v1/*`` endpoint then needs ``Authorization: Bearer <key>`` (how the openai SDK sends ``api_key``), and
@@ -9,6 +8,7 @@ as tenant None, and ``/admin/*`` is open unless an admin key was given.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 from typing import Annotated
 
@@ -16,11 +16,7 @@ from fastapi import Depends, Request
 
 from router_ml.serve.observability.analytics import Scope
 from router_ml.serve.api.errors import APIError
-from router_ml.serve.policy import Policy
 from router_ml.serve.tenancy.tenants import Tenant
-
-_OBJECTIVES = ("quality", "lam")  # one objective: a request that picks either replaces the tenant's
-
 
 def _bearer(request: Request) -> str | None:
     scheme, _, token = (request.headers.get("authorization") or "").partition(" ")
@@ -31,14 +27,17 @@ async def caller(request: Request) -> Tenant | None:
     """FastAPI dependency: the calling tenant (None when auth is off); 401 without an active key.
 
     Async on purpose: FastAPI would run a plain function in its thread pool, a hop per request. A cached key
-    costs a SHA-256 and a dict lookup; a miss (once per key per process per TTL) an indexed query, done inline."""
+    costs a SHA-256 and a dict lookup, on the loop; a miss (once per key per process per TTL) an indexed query, in a
+    worker thread."""
     tenants = request.app.state.tenants
     if tenants is None:
         return None
     key = _bearer(request)
     if key is None:
         raise APIError(401, "missing API key: send it as 'Authorization: Bearer <key>' (the openai SDK's api_key)")
-    tenant = tenants.authenticate(key)
+    known, tenant = tenants.cached(key)
+    if not known:
+        tenant = await asyncio.to_thread(tenants.authenticate, key)
     if tenant is None:
         raise APIError(401, "invalid or revoked API key")
     return tenant
@@ -79,32 +78,3 @@ async def viewer(request: Request) -> Scope:
 
 
 Viewer = Annotated[Scope, Depends(viewer)]
-
-
-def check_model(tenant: Tenant | None, model: str, param: str = "model") -> None:
-    """403 naming ``model`` when the tenant may not use it."""
-    if tenant is not None and not tenant.allows(model):
-        raise APIError(403, f"model {model!r} is not allowed for tenant {tenant.name!r}", param=param)
-
-
-def effective_policy(tenant: Tenant | None, requested: Policy, bundle_models: list[str],
-                     param: str = "router_ml") -> Policy:
-    """The tenant's default policy overridden by the request's fields (``quality`` and ``lam`` count as one:
-    a request setting either drops both of the tenant's), confined to the tenant's allowed models."""
-    if tenant is None:
-        return requested
-    asked = requested.model_dump(exclude_none=True)
-    base = tenant.policy.model_dump(exclude_none=True)
-    if any(k in asked for k in _OBJECTIVES):
-        base = {k: v for k, v in base.items() if k not in _OBJECTIVES}
-    policy = Policy(**{**base, **asked})
-    if tenant.allowed_models is None:
-        return policy
-    if policy.models is not None:
-        for model in policy.models:
-            check_model(tenant, model, param)
-        return policy
-    routable = [m for m in bundle_models if tenant.allows(m)]
-    if not routable:
-        raise APIError(403, f"none of tenant {tenant.name!r}'s allowed models is known to the router", param=param)
-    return policy.model_copy(update={"models": routable})

@@ -1,11 +1,13 @@
 """The web dashboard: committed static files (no build step, nothing from a CDN), served at ``/dashboard``.
 
 The page holds no data and needs no key; its script reads the API key from the URL fragment
-(``/dashboard#key=...``, never sent to the server) or a small form, and calls ``/v1/analytics/*`` with it.
+(``/dashboard#key=...``, never sent to the server) or a small form, and calls ``/v1/analytics/*`` with it. Files are
+read in a worker thread, off the event loop.
 """
 
 from __future__ import annotations
 
+import asyncio
 from importlib import resources
 
 from fastapi import APIRouter, HTTPException
@@ -22,16 +24,16 @@ HEADERS = {"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff", "Re
                                       "frame-ancestors 'none'"}
 
 
-def _asset(name: str) -> Response:
+async def _asset(name: str) -> Response:
     if name not in ASSETS:
         raise HTTPException(404, f"no dashboard file {name!r}")
-    body = resources.files("router_ml.serve").joinpath("static", name).read_bytes()
+    body = await asyncio.to_thread(resources.files("router_ml.serve").joinpath("static", name).read_bytes)
     return Response(body, media_type=ASSETS[name], headers=HEADERS)
 
 
 @router.get("/dashboard")
 async def dashboard() -> Response:
-    return _asset("dashboard.html")
+    return await _asset("dashboard.html")
 
 
 @router.get("/dashboard/")
@@ -41,4 +43,4 @@ async def dashboard_slash() -> Response:
 
 @router.get("/dashboard/{name}")
 async def dashboard_asset(name: str) -> Response:
-    return _asset(name)
+    return await _asset(name)

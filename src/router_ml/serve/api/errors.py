@@ -1,4 +1,5 @@
-"""OpenAI-style error bodies, so SDK clients raise their usual exceptions with our message."""
+"""OpenAI-style error bodies, so SDK clients raise their usual exceptions with our message; the one place domain
+errors (of the gateway, the tenancy rules and the providers) become HTTP statuses."""
 
 from __future__ import annotations
 
@@ -7,7 +8,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
+from router_ml.serve.gateway.errors import InvalidCall, ModelNotServed, NoCandidates
 from router_ml.serve.providers.base import ProviderError
+from router_ml.serve.tenancy.admission import OverBudget, RateLimited
+from router_ml.serve.tenancy.rules import NotAllowed
 
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error", 404: "not_found_error",
           413: "invalid_request_error", 429: "rate_limit_error"}
@@ -60,10 +64,30 @@ class BodyLimit:
         await self.app(scope, replay, send)
 
 
+# Domain error -> HTTP status; each carries the request field at fault in ``param``.
+DOMAIN_STATUS = {InvalidCall: 400, NotAllowed: 403, ModelNotServed: 404, NoCandidates: 503}
+
+
 def install(app) -> None:
     @app.exception_handler(APIError)
     async def api_error(request: Request, exc: APIError):
         return error_response(exc.status, exc.message, exc.param, headers=exc.headers)
+
+    def domain_handler(status: int):
+        async def handler(request: Request, exc):  # async: Starlette runs a plain function in its thread pool
+            return error_response(status, str(exc), exc.param)
+        return handler
+
+    for kind, status in DOMAIN_STATUS.items():
+        app.add_exception_handler(kind, domain_handler(status))
+
+    @app.exception_handler(RateLimited)
+    async def rate_limited(request: Request, exc: RateLimited):
+        return error_response(429, str(exc), headers={"retry-after": str(max(1, round(exc.retry_after)))})
+
+    @app.exception_handler(OverBudget)
+    async def over_budget(request: Request, exc: OverBudget):
+        return error_response(429, str(exc), param="budget")
 
     @app.exception_handler(ProviderError)
     async def provider_error(request: Request, exc: ProviderError):

@@ -1,6 +1,9 @@
-"""POST /v1/feedback: a quality score for a logged call, the label the next router learns from."""
+"""POST /v1/feedback: a quality score for a logged call, the label the next router learns from. The call log's
+reads, its update and any flush of calls still queued run in a worker thread: the event loop keeps serving calls."""
 
 from __future__ import annotations
+
+import asyncio
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field, model_validator
@@ -29,11 +32,15 @@ async def feedback(body: Feedback, request: Request, tenant: Caller):
     if store is None:
         raise APIError(503, "this server keeps no call log, so it takes no feedback")
     unknown = APIError(404, f"no logged call with call_id {body.call_id!r}", param="call_id")
-    if tenant is not None and _tenant_of(store, body.call_id) != tenant.name:
-        raise unknown  # another tenant's call looks like no call at all
     quality = body.quality if body.quality is not None else float(body.thumbs == "up")
+
+    def label() -> dict:
+        if tenant is not None and _tenant_of(store, body.call_id) != tenant.name:
+            raise unknown  # another tenant's call looks like no call at all
+        return store.feedback(body.call_id, quality)
+
     try:
-        row = store.feedback(body.call_id, quality)
+        row = await asyncio.to_thread(label)
     except KeyError as exc:
         raise unknown from exc
     except ValueError as exc:

@@ -7,7 +7,7 @@ import time
 from fastapi import APIRouter, Request
 
 from router_ml.serve.api.auth import Caller
-from router_ml.serve.policy import AUTO
+from router_ml.serve.api.schemas import AUTO
 
 router = APIRouter()
 

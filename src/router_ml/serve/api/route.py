@@ -5,10 +5,11 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from router_ml.serve.api.auth import Caller, effective_policy
+from router_ml.serve.api.auth import Caller
 from router_ml.serve.api.errors import APIError
-from router_ml.serve.policy import decide
 from router_ml.serve.api.schemas import RouteRequest, routing_prompt
+from router_ml.serve.gateway.call import Gateway
+from router_ml.serve.tenancy.rules import effective_policy
 from router_ml.tokens import count_tokens
 
 router = APIRouter()
@@ -21,8 +22,5 @@ async def route(body: RouteRequest, request: Request, tenant: Caller):
     prompt = body.prompt if body.prompt is not None else routing_prompt(body.messages)
     bundle = request.app.state.bundles.current
     policy = effective_policy(tenant, body.policy, bundle.models, param="policy")
-    try:
-        decision = decide(bundle, prompt, count_tokens(prompt), policy)
-    except ValueError as exc:
-        raise APIError(400, str(exc), param="policy") from exc
-    return JSONResponse(decision)  # plain JSON types already: skips FastAPI's generic encoder
+    decision = Gateway.decide(bundle, prompt, count_tokens(prompt), policy, param="policy")
+    return JSONResponse(decision.as_dict())  # plain JSON types already: skips FastAPI's generic encoder

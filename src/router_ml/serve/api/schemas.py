@@ -6,8 +6,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from router_ml.serve.policy import Policy
+from router_ml.routers.policy import Policy
 from router_ml.serve.providers.wire import message_text
+
+AUTO = "router-ml/auto"
 
 
 class Message(BaseModel):
@@ -30,7 +32,8 @@ class ChatCompletionRequest(BaseModel):
     tools: list[dict] | None = None
     tool_choice: str | dict | None = None
     router_ml: Policy | None = None
-    """router-ml's extension: the routing policy for this request (see router_ml.serve.policy)."""
+    """router-ml's extension: the routing policy for this request (:class:`router_ml.routers.policy.Policy`);
+    its fields override those of the model name."""
 
 
 class RouteRequest(BaseModel):
@@ -43,3 +46,17 @@ def routing_prompt(messages: list[Message]) -> str:
     """What the router sees: the last user message (the question being asked now)."""
     users = [m for m in messages if m.role == "user"]
     return message_text((users or messages)[-1].content)
+
+
+def parse_auto_model(name: str) -> Policy | None:
+    """The policy a ``router-ml/auto[:k=v,...]`` model name asks for (``router-ml/auto:quality=0.9,max_cost=0.002``,
+    ``models=a|b``), or None for a concrete model. ValueError names a malformed field."""
+    if name != AUTO and not name.startswith(AUTO + ":"):
+        return None
+    fields = {}
+    for part in filter(None, name[len(AUTO) + 1:].split(",")):
+        key, sep, value = part.partition("=")
+        if not sep:
+            raise ValueError(f"model {name!r}: policy field {part!r} must be key=value")
+        fields[key.strip()] = [m for m in value.split("|") if m] if key.strip() == "models" else value
+    return Policy(**fields)

@@ -1,2 +1,2 @@
-"""One call from decision to answer, without HTTP: so far the response cache; the call path itself still lives in
-:mod:`router_ml.serve.api.chat`."""
+"""One call from decision to answer, without HTTP: the call path (:mod:`~router_ml.serve.gateway.call`), its
+errors and the response cache."""

@@ -26,7 +26,8 @@ import numpy as np
 import sqlalchemy as sa
 
 from router_ml.pricing import UnknownModelError, price_of
-from router_ml.calllog.store import as_utc, calls
+from router_ml.calllog.store import calls
+from router_ml.clock import as_utc
 
 BUCKET_SECONDS = {"minute": 60, "hour": 3600, "day": 86400}
 DEFAULT_SPAN = {"minute": timedelta(hours=1), "hour": timedelta(hours=24), "day": timedelta(days=30)}

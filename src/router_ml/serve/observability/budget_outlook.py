@@ -16,7 +16,7 @@ from datetime import UTC, date, datetime, timedelta
 
 import polars as pl
 
-from router_ml.serve.tenancy.limits import period_starts
+from router_ml.clock import period_end, period_starts
 
 METRICS = ("requests", "tokens", "spend_usd")
 
@@ -27,15 +27,9 @@ def total(predicted: pl.DataFrame, days: int) -> dict:
     return {f"{m}{suffix}": float(head[f"{m}{suffix}"].sum()) for m in METRICS for suffix in ("", "_lo", "_hi")}
 
 
-def _period_end(period: str, start: datetime) -> datetime:
-    if period == "day":
-        return start + timedelta(days=1)
-    return (start.replace(day=28) + timedelta(days=4)).replace(day=1)
-
-
 def days_to_period_end(now: datetime) -> int:
     """Forecast days, today included, that reach the end of the longest budget period at ``now`` (its month)."""
-    return (_period_end("month", period_starts(now)["month"]).date() - now.astimezone(UTC).date()).days
+    return (period_end("month", period_starts(now)["month"]).date() - now.astimezone(UTC).date()).days
 
 
 def report(store, tenants, scope, now: datetime, horizon: int = 30, history_days: int = 56) -> dict:
@@ -73,7 +67,7 @@ def budgets(tenant, store, predicted: pl.DataFrame, today: date, now: datetime) 
         limit = tenant.budget_usd_day if period == "day" else tenant.budget_usd_month
         if limit is None:
             continue
-        end = _period_end(period, start)
+        end = period_end(period, start)
         spent = store.spend(tenant.name, start)
         projected, runs_out_on = spent, None
         day = today

@@ -5,7 +5,8 @@ Every call the gateway logs (an answer, a failed upstream attempt, a client that
 through :meth:`Metrics.observe_call`, so the metrics count the same rows as the call log. Label values are
 model, deployment and endpoint names only, never prompts, keys or tenants: a tenant label would multiply
 every series by the number of tenants (and name them to whoever scrapes); per-tenant usage lives in the call
-log and the analytics API (``/v1/analytics/usage``).
+log and the analytics API (``/v1/analytics/usage``). The call log's own row counters (written, recovered,
+rejected, lost, and the dead letter) are exported too (:meth:`Metrics.watch_store`).
 
 With several worker processes (``router-ml serve --workers N``) each process counts its own calls; the
 supervisor sets ``PROMETHEUS_MULTIPROC_DIR`` before spawning the workers, prometheus_client then keeps every
@@ -22,11 +23,12 @@ import time
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from router_ml.calllog.record import CallRecord
+
 # An LLM call takes from tens of milliseconds (a cached prefix, a tiny model) to a minute (long generations).
 CALL_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0)
 REQUEST_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 BREAKER_STATES = {"closed": 0, "half-open": 1, "open": 2}
-CLIENT_CLOSED = 499  # the call log's status of a call whose client went away
 
 
 def multiprocess_dir() -> str | None:
@@ -63,8 +65,12 @@ class Metrics:
                               "1 half-open, 2 open", ["deployment"], multiprocess_mode="livemax", registry=registry)
         self.bundle = Gauge("router_ml_bundle_info", "1 for the bundle version served", ["version"],
                             multiprocess_mode="livemax", registry=registry)
+        self.degraded = Counter("router_ml_budget_degraded_calls", "Calls a tenant's budget sent to a cheaper model "
+                                "than the gateway chose, by the chosen model and the one that served",
+                                ["from_model", "model"], registry=registry)
         self._children: dict[tuple, tuple] = {}  # label values -> bound series: label lookups off the hot path
         self._bundle_version = None
+        self._store = None  # the call log whose row counters are exported (watch_store)
 
     def _series(self, model: str, status: str, cache: str) -> tuple:
         key = (model, status, cache)
@@ -79,31 +85,30 @@ class Metrics:
                 breaker, gauge)
         return series
 
-    def observe_call(self, call: dict) -> None:
-        """Count one call-log row (the dict :func:`~router_ml.serve.api.chat._log` receives)."""
-        http_status = call.get("http_status")
-        status = call.get("status")
-        if status == "error" and http_status == CLIENT_CLOSED:
-            status = "client_closed"
-        cache = call.get("cache") or "none"
-        model = call.get("model") or "unknown"
+    def observe_call(self, call: CallRecord) -> None:
+        """Count one call-log row."""
+        status = "client_closed" if call.client_closed else call.status
+        cache = call.cache or "none"
+        model = call.model or "unknown"
         calls, seconds, cost, tokens_in, tokens_out, routed, breaker, gauge = self._series(model, status, cache)
         calls.inc()
         if status == "ok":
             if cache == "none":
-                seconds.observe((call.get("latency_ms") or 0.0) / 1000)
-                cost.inc(call.get("cost_usd") or 0.0)
-                tokens_in.inc(call.get("input_tokens") or 0)
-                tokens_out.inc(call.get("output_tokens") or 0)
-                if call.get("routed"):
+                seconds.observe((call.latency_ms or 0.0) / 1000)
+                cost.inc(call.cost_usd or 0.0)
+                tokens_in.inc(call.input_tokens or 0)
+                tokens_out.inc(call.output_tokens or 0)
+                if call.routed:
                     routed.inc()
+                if call.degraded_from is not None:
+                    self.degraded.labels(call.degraded_from, model).inc()
             else:
-                self.saved.inc(call.get("saved_usd") or 0.0)
+                self.saved.inc(call.saved_usd or 0.0)
         elif status == "error":
-            self.provider_errors.labels(model, str(http_status)).inc()
+            self.provider_errors.labels(model, str(call.http_status)).inc()
         if gauge is not None:
             gauge.set(BREAKER_STATES[breaker.state])
-        if (version := call.get("bundle_version")) != self._bundle_version:
+        if (version := call.bundle_version) != self._bundle_version:
             self._serving(version)
 
     def _serving(self, version) -> None:
@@ -113,9 +118,34 @@ class Metrics:
             self.bundle.labels(version).set(1)
         self._bundle_version = version
 
+    def watch_store(self, store) -> None:
+        """Export the row counters of the call log ``store`` (a :class:`~router_ml.calllog.store.CallStore`): rows
+        written, recovered from a journal, rejected by ``record`` and lost by the writer, and the lost rows this
+        process still holds in its dead letter. The store counts them as they happen (:meth:`CallStore.watch`), so
+        in multiprocess mode every worker's file is current and a scrape of any worker sums them all."""
+        self.calllog_rows = Counter("router_ml_calllog_rows", "Call-log rows by outcome: written, recovered (from a "
+                                    "dead process's journal), rejected (refused by the call log: never stored) or "
+                                    "lost (given up after retries; kept in the dead letter and the journal)",
+                                    ["outcome"], registry=self.registry)
+        self.dead_letter = Gauge("router_ml_calllog_dead_letter_rows", "Lost call-log rows held in the dead letter "
+                                 "of the live processes", multiprocess_mode="livesum", registry=self.registry)
+        series: dict = {}
+
+        def counted(outcome: str, n: int) -> None:
+            if outcome not in series:
+                series[outcome] = self.calllog_rows.labels(outcome)
+            series[outcome].inc(n)
+            if outcome == "lost":
+                self.dead_letter.set(len(store.dead_letter))
+
+        self._store = store
+        store.watch(counted)
+
     def render(self) -> tuple[bytes, str]:
         """The exposition (body, content type): this process's breakers and bundle refreshed first, then every
         worker's values summed when in multiprocess mode."""
+        if self._store is not None:
+            self.dead_letter.set(len(self._store.dead_letter))
         for provider in self.providers.values():
             if (breaker := getattr(provider, "breaker", None)) is not None:
                 self.breakers.labels(provider.name).set(BREAKER_STATES[breaker.state])

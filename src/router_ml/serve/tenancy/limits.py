@@ -11,7 +11,10 @@ models. Amounts are kept in integer nano-dollars, so no rounding drifts.
 
 A period's spend starts from ``initial_spend(tenant, period, start)`` (the call log's sum, say) the
 first time it is seen, so restarting a server does not reset a tenant's spend. Redis keys expire a
-while after their period ends.
+while after their period ends. That first look is a query: :meth:`Limits.prime` does it for a tenant's
+current day and month (blocking: run it in a thread, ``asyncio.to_thread(limits.prime, name)``), and
+:meth:`Limits.primed` says, without I/O, whether this process has done it for the current periods, so an
+async caller can keep the query off its event loop. An unprimed ``reserve`` still works: it loads lazily.
 
 Rate limits. :meth:`Limits.take` is a token bucket per key (a tenant, an API key) holding
 ``per_minute`` units that refill continuously; it answers None when ``amount`` units were taken, or
@@ -31,28 +34,16 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
-from router_ml.clock import SYSTEM_CLOCK, Clock
+from router_ml.clock import PERIODS, SYSTEM_CLOCK, Clock, period_id, period_starts
 
 NANO = 1_000_000_000
-PERIODS = ("day", "month")
 InitialSpend = Callable[[str, str, datetime], float]
 
 
 def _nano(usd: float) -> int:
     return int(math.ceil(usd * NANO))
-
-
-def period_starts(now: datetime) -> dict[str, datetime]:
-    """The UTC start of the day and of the month that ``now`` falls in."""
-    now = now.astimezone(UTC)
-    day = now.replace(hour=0, minute=0, second=0, microsecond=0)
-    return {"day": day, "month": day.replace(day=1)}
-
-
-def _period_id(period: str, start: datetime) -> str:
-    return start.strftime("%Y-%m-%d" if period == "day" else "%Y-%m")
 
 
 @dataclass(frozen=True)
@@ -94,18 +85,32 @@ class MemoryLimits:
         self._spent: dict[tuple[str, str, str], int] = {}
         self._buckets: dict[str, tuple[float, float]] = {}
 
-    def _counter(self, tenant: str, period: str, start: datetime) -> tuple[str, str, str]:
-        key = (tenant, period, _period_id(period, start))
-        if key not in self._spent:
-            self._spent[key] = _nano(self._initial(tenant, period, start))
-        return key
+    def _load(self, tenant: str, starts: dict[str, datetime]) -> dict[str, tuple[str, str, str]]:
+        """The counters of the periods at ``starts``, each seeded from ``initial_spend`` the first time (the query
+        runs outside the lock; when two threads race, the first seed stays)."""
+        keys = {p: (tenant, p, period_id(p, starts[p])) for p in PERIODS}
+        for period, key in keys.items():
+            if key not in self._spent:
+                initial = _nano(self._initial(tenant, period, starts[period]))
+                with self._lock:
+                    self._spent.setdefault(key, initial)
+        return keys
+
+    def primed(self, tenant: str) -> bool:
+        """Whether the tenant's current day and month are loaded (no I/O: a ``reserve`` now runs no query)."""
+        starts = period_starts(self.clock.now())
+        return all((tenant, p, period_id(p, starts[p])) in self._spent for p in PERIODS)
+
+    def prime(self, tenant: str) -> None:
+        """Load the tenant's current day and month spend from ``initial_spend`` where not loaded yet (blocking)."""
+        self._load(tenant, period_starts(self.clock.now()))
 
     def reserve(self, tenant: str, usd: float, budgets: dict[str, float | None],
                 now: datetime | None = None) -> Reservation:
         starts = period_starts(now or self.clock.now())
         nano = _nano(usd)
+        keys = self._load(tenant, starts)
         with self._lock:
-            keys = {p: self._counter(tenant, p, starts[p]) for p in PERIODS}
             for period in PERIODS:
                 budget = budgets.get(period)
                 if budget is not None and self._spent[keys[period]] + nano > _nano(budget):
@@ -121,9 +126,9 @@ class MemoryLimits:
                 self._spent[(reservation.tenant, period, period_id)] += delta
 
     def spent(self, tenant: str, now: datetime | None = None) -> dict[str, float]:
-        starts = period_starts(now or self.clock.now())
+        keys = self._load(tenant, period_starts(now or self.clock.now()))
         with self._lock:
-            return {p: self._spent[self._counter(tenant, p, starts[p])] / NANO for p in PERIODS}
+            return {p: self._spent[keys[p]] / NANO for p in PERIODS}
 
     def take(self, key: str, per_minute: float, amount: float = 1.0) -> float | None:
         now = self._monotonic()
@@ -198,6 +203,7 @@ class RedisLimits:
         self.prefix = prefix
         self.clock = _calendar(clock)
         self._initial = initial_spend
+        self._ensured: dict[str, dict[str, str]] = {}  # tenant -> the period ids whose counters this process saw exist
         self._reserve = self.client.register_script(_RESERVE)
         self._take = self.client.register_script(_TAKE)
 
@@ -208,19 +214,42 @@ class RedisLimits:
     def _expiry(period: str) -> int:
         return int(timedelta(days=3 if period == "day" else 35).total_seconds())
 
+    def primed(self, tenant: str) -> bool:
+        """Whether this process has made sure the tenant's counters of the current day and month exist (no I/O)."""
+        starts = period_starts(self.clock.now())
+        return self._ensured.get(tenant) == {p: period_id(p, starts[p]) for p in PERIODS}
+
+    def prime(self, tenant: str) -> None:
+        """Seed the tenant's missing counters of the current day and month from ``initial_spend`` (blocking: a
+        Redis round trip, and a query per missing counter). Another replica's seed, when first, stays."""
+        starts = period_starts(self.clock.now())
+        ids = {p: period_id(p, starts[p]) for p in PERIODS}
+        if self._ensured.get(tenant) == ids:
+            return
+        keys = {p: self._key(tenant, p, ids[p]) for p in PERIODS}
+        present = self.client.mget(list(keys.values()))
+        missing = {p: _nano(self._initial(tenant, p, starts[p])) for p, v in zip(PERIODS, present) if v is None}
+        if missing:
+            with self.client.pipeline(transaction=False) as pipe:
+                for period, initial in missing.items():
+                    pipe.set(keys[period], initial, nx=True, ex=self._expiry(period))
+                pipe.execute()
+        self._ensured[tenant] = ids
+
     def reserve(self, tenant: str, usd: float, budgets: dict[str, float | None],
                 now: datetime | None = None) -> Reservation:
         starts = period_starts(now or self.clock.now())
-        ids = {p: _period_id(p, starts[p]) for p in PERIODS}
+        ids = {p: period_id(p, starts[p]) for p in PERIODS}
         keys = [self._key(tenant, p, ids[p]) for p in PERIODS]
         nano = _nano(usd)
-        known = self.client.exists(*keys) == len(keys)  # else seed the missing counters (SET NX in the script)
+        present = self.client.mget(keys)  # the missing counters are seeded (SET NX in the script)
         args: list[int] = [nano]
-        for period in PERIODS:
+        for period, value in zip(PERIODS, present):
             budget = budgets.get(period)
-            initial = 0 if known else _nano(self._initial(tenant, period, starts[period]))
+            initial = 0 if value is not None else _nano(self._initial(tenant, period, starts[period]))
             args += [_nano(budget) if budget is not None else -1, initial, self._expiry(period)]
         index, spent = self._reserve(keys=keys, args=args)
+        self._ensured[tenant] = ids  # the script made sure the counters exist
         if index:
             period = PERIODS[index - 1]
             raise BudgetExceeded(tenant, period, budgets[period], int(spent) / NANO, usd)
@@ -235,7 +264,7 @@ class RedisLimits:
 
     def spent(self, tenant: str, now: datetime | None = None) -> dict[str, float]:
         starts = period_starts(now or self.clock.now())
-        values = self.client.mget([self._key(tenant, p, _period_id(p, starts[p])) for p in PERIODS])
+        values = self.client.mget([self._key(tenant, p, period_id(p, starts[p])) for p in PERIODS])
         return {p: (int(v) if v is not None else _nano(self._initial(tenant, p, starts[p]))) / NANO
                 for p, v in zip(PERIODS, values)}
 

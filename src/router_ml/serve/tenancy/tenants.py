@@ -23,14 +23,14 @@ import re
 import secrets
 import time
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import datetime
 
 import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from router_ml.calllog import upgrade
-from router_ml.clock import SYSTEM_CLOCK, Clock
-from router_ml.serve.policy import Policy
+from router_ml.calllog import engine_for, upgrade
+from router_ml.clock import SYSTEM_CLOCK, Clock, as_utc
+from router_ml.routers.policy import Policy
 
 KEY_PREFIX = "rm-"
 SHOWN_CHARS = 8  # of a key, kept in clear to tell keys apart
@@ -130,14 +130,9 @@ class Tenant:
         return {"name": self.name, "created_at": self.created_at.isoformat(), **out}
 
 
-def _utc(value: datetime | None) -> datetime | None:
-    """SQLite gives naive datetimes back; they were written in UTC."""
-    return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
-
-
 def _tenant(row) -> Tenant:
     m = row._mapping
-    return Tenant(id=m["id"], name=m["name"], created_at=_utc(m["created_at"]), policy=Policy(**m["policy"]),
+    return Tenant(id=m["id"], name=m["name"], created_at=as_utc(m["created_at"]), policy=Policy(**m["policy"]),
                   allowed_models=tuple(m["allowed_models"]) if m["allowed_models"] is not None else None,
                   budget_usd_day=m["budget_usd_day"], budget_usd_month=m["budget_usd_month"], rpm=m["rpm"],
                   tpm=m["tpm"], degrade_before_deny=m["degrade_before_deny"], reference_model=m["reference_model"])
@@ -158,9 +153,7 @@ class TenantStore:
     def __init__(self, url: str, ttl: float = 5.0, clock: Clock = SYSTEM_CLOCK):
         self.url, self.ttl = url, ttl
         self.clock = clock  # stamps created_at and revoked_at
-        sqlite = url.startswith("sqlite")
-        self.engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 30} if sqlite else {},
-                                       pool_pre_ping=not sqlite)
+        self.engine = engine_for(url)  # the call log's database, opened as the call log opens it (WAL on SQLite)
         upgrade(self.engine)  # every table of the call log's database at the newest schema (router_ml.calllog)
         self._cache: dict[str, tuple[float, Tenant | None]] = {}
 
@@ -231,8 +224,8 @@ class TenantStore:
                            api_keys.c.tpm)
                  .where(api_keys.c.tenant_id == tenant.id).order_by(api_keys.c.id))
         with self.engine.connect() as conn:
-            return [{"prefix": r.prefix, "created_at": _utc(r.created_at).isoformat(),
-                     "revoked_at": _utc(r.revoked_at).isoformat() if r.revoked_at else None,
+            return [{"prefix": r.prefix, "created_at": as_utc(r.created_at).isoformat(),
+                     "revoked_at": as_utc(r.revoked_at).isoformat() if r.revoked_at else None,
                      "rpm": r.rpm, "tpm": r.tpm}
                     for r in conn.execute(query)]
 
@@ -254,6 +247,14 @@ class TenantStore:
         return revoked
 
     # ----------------------------------------------------------------- hot path
+    def cached(self, key: str) -> tuple[bool, Tenant | None]:
+        """``(True, what authenticate answers)`` when that is known without I/O (a malformed key, a cached one),
+        else ``(False, None)``: then :meth:`authenticate` runs a query (from async code: in a thread)."""
+        if not key.startswith(KEY_PREFIX):
+            return True, None
+        hit = self._cache.get(hash_key(key))
+        return (True, hit[1]) if hit is not None and hit[0] > time.monotonic() else (False, None)
+
     def authenticate(self, key: str) -> Tenant | None:
         """The tenant of an active ``key``, or None (unknown, malformed or revoked); cached for ``ttl`` s."""
         if not key.startswith(KEY_PREFIX):
