@@ -241,7 +241,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(3, "calls_cache_columns", "0342915", (AddColumns(_calls_0003),)),
     Migration(4, "api_keys_rate_limits", "69c40ef", (AddColumns(_api_keys_0004),)),
     Migration(5, "calls_time_indexes", "b5eb8f3", (AddIndexes(_indexes_0005),)),
-    Migration(6, "calls_degraded_from", "issue 13", (AddColumns(_calls_0006),)),
+    Migration(6, "calls_degraded_from", "aacd28c", (AddColumns(_calls_0006),)),
 )
 
 
