@@ -45,12 +45,12 @@ test: install
 # whatever the shift; DONT_FAKE_MONOTONIC=1 makes time.sleep fail instead), so code that waits on a timed lock in the
 # faked process (the demo traffic's thread, for one) cannot run here.
 SHIFTED_CLOCKS := 2027-02-28T23:55:00 2027-03-01T00:05:00
-SHIFTED_CLOCK_TESTS := tests/test_clock_boundaries.py tests/test_limits.py tests/test_spending.py \
-	tests/test_forecast.py tests/test_store.py \
-	tests/test_tenants.py::test_store_validates_names_and_settings_naming_the_field \
-	tests/test_tenants.py::test_keys_are_stored_only_as_hashes_and_revocation_reaches_other_processes \
-	tests/test_tenants.py::test_cli_creates_sets_issues_and_revokes \
-	tests/test_tenants.py::test_first_start_creates_the_demo_tenant_and_its_key_once
+SHIFTED_CLOCK_TESTS := tests/test_clock_boundaries.py tests/test_forecast.py tests/calllog/test_store.py \
+	tests/serve/tenancy/test_limits.py tests/serve/tenancy/test_admission.py \
+	tests/serve/tenancy/test_tenants.py::test_store_validates_names_and_settings_naming_the_field \
+	tests/serve/tenancy/test_tenants.py::test_keys_are_stored_only_as_hashes_and_revocation_reaches_other_processes \
+	tests/serve/tenancy/test_tenants.py::test_cli_creates_sets_issues_and_revokes \
+	tests/serve/tenancy/test_tenants.py::test_first_start_creates_the_demo_tenant_and_its_key_once
 test-shifted-clock: install
 	@command -v faketime >/dev/null || { echo "test-shifted-clock needs faketime: apt-get install faketime"; exit 1; }
 	@for at in $(SHIFTED_CLOCKS); do \

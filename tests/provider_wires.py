@@ -1,4 +1,4 @@
-"""The providers under the contract suite (tests/test_provider_contract.py), one :class:`Wire` each.
+"""The providers under the contract suite (tests/serve/providers/test_provider_contract.py), one :class:`Wire` each.
 
 An HTTP adapter's wire holds a loopback upstream (a Starlette app speaking that provider's real wire format,
 served by :mod:`loopback`) that plays a scenario named by the request's model:

@@ -86,7 +86,7 @@ ROW_OUTCOMES = {"written": "written_rows", "recovered": "recovered_rows", "rejec
                 "lost": "lost_rows"}
 
 # What the queries use. A change of these tables needs a new numbered migration in
-# router_ml.calllog.migrations (tests/test_migrations.py checks that its head equals these definitions).
+# router_ml.calllog.migrations (tests/calllog/test_migrations.py checks that its head equals these definitions).
 metadata = sa.MetaData()
 calls = sa.Table(
     "calls",

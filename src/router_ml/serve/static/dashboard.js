@@ -20,7 +20,7 @@ const state = {
   usage: null, forecast: null, timer: null, busy: false, updates: 0, generation: 0,
 };
 
-/* ---------- formatting (tests/test_dashboard.py mirrors these rules) ---------- */
+/* ---------- formatting (tests/serve/api/test_dashboard.py mirrors these rules) ---------- */
 
 function commas(digits) {
   const [whole, frac] = digits.split(".");

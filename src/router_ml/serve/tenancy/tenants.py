@@ -38,7 +38,7 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 _CACHE_LIMIT = 10_000  # entries; beyond, the cache starts over (bounds memory under a flood of made-up keys)
 
 # What the queries use. A change of these tables needs a new numbered migration in
-# router_ml.calllog.migrations (tests/test_migrations.py checks that its head equals these definitions).
+# router_ml.calllog.migrations (tests/calllog/test_migrations.py checks that its head equals these definitions).
 metadata = sa.MetaData()
 
 tenants = sa.Table(

@@ -24,8 +24,8 @@ from router_ml.serve.providers.handler import HandlerProvider, failing
 from router_ml.serve.providers.reliability import CircuitBreaker, ReliableProvider
 from router_ml.serve.tenancy.tenants import TenantStore
 from router_ml.train import TrainConfig, run
-from test_serve_process import _copy_served, _free_port, _start, served  # noqa: F401  (served: a fixture)
-from test_store import call_row
+from servers import copy_served, free_port, served, start_server  # noqa: F401 (served: a fixture)
+from call_rows import call_row
 
 
 @pytest.fixture(scope="module")
@@ -136,8 +136,8 @@ def test_metrics_agree_with_the_call_log_and_the_answers(bundle, static_encoder_
 
 
 def test_metrics_of_two_workers_are_summed_whichever_worker_is_scraped(served, static_encoder_dir, tmp_path):  # noqa: F811
-    recorded = _copy_served(served, tmp_path)
-    process, client = _start(tmp_path, static_encoder_dir, _free_port(), "--workers", "2")
+    recorded = copy_served(served, tmp_path)
+    process, client = start_server(tmp_path, static_encoder_dir, free_port(), "--workers", "2")
     try:
         prompts = recorded["prompt"].unique().sort().to_list()[:20]
         for prompt in prompts:  # a new connection per call: the kernel spreads them over both workers' sockets

@@ -20,7 +20,7 @@ import pytest
 
 from router_ml.config import PROJECT_ROOT
 from router_ml.serve.tenancy.tenants import TenantStore
-from test_serve_process import _copy_served, _free_port, _start, served  # noqa: F401 (served: a fixture)
+from servers import copy_served, free_port, served, start_server  # noqa: F401 (served: a fixture)
 
 ADMIN_KEY = "rm-admin-dashboard-test"
 HEADLINE = ("saved", "saved-fraction", "routing-saved", "cache-saved", "spend", "reference", "forecast-30d",
@@ -111,15 +111,15 @@ def test_the_page_and_its_files_are_served_with_nothing_from_elsewhere():
 def gateway(served, static_encoder_dir, tmp_path_factory):  # noqa: F811
     """A gateway process (replay provider at half the recorded pace, exact cache) with tenants 'acme' and 'beta'."""
     tmp = tmp_path_factory.mktemp("dashboard")
-    recorded = _copy_served(served, tmp)
+    recorded = copy_served(served, tmp)
     url = f"sqlite:///{tmp / 'calls.db'}"
     tenants = TenantStore(url)
     keys = {}
     for name in ("acme", "beta"):
         tenants.create_tenant(name)
         keys[name] = tenants.issue_key(name)
-    port = _free_port()
-    process, _ = _start(tmp, static_encoder_dir, port, key=keys["acme"],
+    port = free_port()
+    process, _ = start_server(tmp, static_encoder_dir, port, key=keys["acme"],
                         env_extra={"ROUTER_ML_ADMIN_KEY": ADMIN_KEY, "ROUTER_ML_REPLAY_SPEED": "0.5",
                                    "ROUTER_ML_CACHE": "exact"})
     base = f"http://127.0.0.1:{port}"

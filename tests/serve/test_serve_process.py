@@ -4,9 +4,7 @@ provider answers from RouterBench's recorded responses, and the call log survive
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,70 +20,13 @@ from router_ml.embed import StaticEncoder
 from router_ml.serve.tenancy.tenants import TenantStore
 from router_ml.train import TrainConfig, run
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _key(store_url: str) -> str:
-    """A new API key of tenant 'test' on ``store_url`` (created on first use): the served gateway requires one."""
-    tenants = TenantStore(store_url)
-    if tenants.get_tenant("test") is None:
-        tenants.create_tenant("test")
-    key = tenants.issue_key("test")
-    tenants.close()
-    return key
-
-
-def _start(tmp, static_encoder_dir, port: int, *args: str, key: str | None = None,
-           env_extra: dict | None = None) -> tuple[subprocess.Popen, openai.OpenAI]:
-    """`router-ml serve` on the bundle, outcomes and call log under ``tmp`` (``env_extra`` overrides), with ``key``
-    or a new key of tenant 'test'; returns once it answers."""
-    env = {**os.environ, "ROUTER_ML_BUNDLE": str(tmp / "bundle"), "ROUTER_ML_STATIC_ENCODER": str(static_encoder_dir),
-           "ROUTER_ML_OUTCOMES_PATH": str(tmp / "outcomes.parquet"), "ROUTER_ML_REPLAY_SPEED": "0",
-           "ROUTER_ML_STORE_URL": f"sqlite:///{tmp / 'calls.db'}", "ROUTER_ML_STORE_JOURNAL": str(tmp / "journal"),
-           **(env_extra or {})}
-    key = key or _key(env["ROUTER_ML_STORE_URL"])
-    process = subprocess.Popen([sys.executable, "-m", "router_ml.cli", "serve", "--port", str(port), *args], env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 120
-    client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key, max_retries=0)
-    while True:
-        try:
-            client.models.list()
-            return process, client
-        except openai.APIConnectionError:
-            if process.poll() is not None or time.time() > deadline:
-                process.kill()
-                pytest.fail(f"server did not start: {process.stdout.read()}")
-            time.sleep(0.3)
-
-
-@pytest.fixture(scope="module")
-def served(mini_files, static_encoder_dir, tmp_path_factory):
-    """A directory with the outcomes table and a bundle trained on its RouterBench rows."""
-    tmp = tmp_path_factory.mktemp("serve")
-    outcomes = prepare(mini_files, ImportReport(), encoder=None)
-    outcomes.write_parquet(tmp / "outcomes.parquet")
-    config = TrainConfig(name="serve", router="linear", sources=["routerbench"], min_prompts=50, n_trials=0)
-    run(config, outcomes, StaticEncoder(static_encoder_dir), tmp / "bundle")
-    return tmp, outcomes.filter(pl.col("source") == "routerbench").select("prompt", "model", "response")
-
-
-def _copy_served(served, tmp_path) -> pl.DataFrame:
-    """A private copy of the served bundle and outcomes table under ``tmp_path``; the recorded answers."""
-    source, recorded = served
-    shutil.copytree(source / "bundle", tmp_path / "bundle")
-    shutil.copy(source / "outcomes.parquet", tmp_path / "outcomes.parquet")
-    return recorded
+from servers import copy_served, free_port, served, start_server  # noqa: F401 (served: a fixture)
 
 
 @pytest.fixture(scope="module")
 def server(served, static_encoder_dir):
     tmp, recorded = served
-    process, client = _start(tmp, static_encoder_dir, _free_port())
+    process, client = start_server(tmp, static_encoder_dir, free_port())
     yield process, client, recorded, tmp / "calls.db"
     if process.poll() is None:
         process.kill()
@@ -111,7 +52,7 @@ OFFLINE = ("router_ml.data.importers", "router_ml.data.dedup", "router_ml.train"
 def test_the_serving_app_loads_nothing_heavy_and_nothing_offline(served, static_encoder_dir, tmp_path):
     """The app the server runs (``build_app``, bundle, encoder, replay provider, call log, tenants) leaves the
     training stack and the dataset importers unimported: they cost start time and memory in every worker."""
-    _copy_served(served, tmp_path)
+    copy_served(served, tmp_path)
     env = {**os.environ, "ROUTER_ML_BUNDLE": str(tmp_path / "bundle"),
            "ROUTER_ML_STATIC_ENCODER": str(static_encoder_dir),
            "ROUTER_ML_OUTCOMES_PATH": str(tmp_path / "outcomes.parquet"),
@@ -187,8 +128,8 @@ def test_sigkill_mid_load_loses_no_answered_call(served, static_encoder_dir, tmp
 
     from router_ml.calllog.store import CallStore
 
-    recorded = _copy_served(served, tmp_path)
-    process, client = _start(tmp_path, static_encoder_dir, _free_port())
+    recorded = copy_served(served, tmp_path)
+    process, client = start_server(tmp_path, static_encoder_dir, free_port())
     prompts = recorded["prompt"].unique().to_list()
     answered: list[str] = []
     stop = threading.Event()
@@ -229,8 +170,8 @@ def test_sigkill_mid_load_loses_no_answered_call(served, static_encoder_dir, tmp
 
 
 def test_two_workers_answer_and_flush_their_logs_on_sigterm(served, static_encoder_dir, tmp_path):
-    recorded = _copy_served(served, tmp_path)
-    process, client = _start(tmp_path, static_encoder_dir, _free_port(), "--workers", "2")
+    recorded = copy_served(served, tmp_path)
+    process, client = start_server(tmp_path, static_encoder_dir, free_port(), "--workers", "2")
     prompts = recorded["prompt"].unique().to_list()[:30]
     ids = []
     for prompt in prompts:  # a new connection per call: the kernel spreads them over both workers' sockets
@@ -250,7 +191,7 @@ def test_two_workers_answer_and_flush_their_logs_on_sigterm(served, static_encod
 def _replicas(tmp_path, static_encoder_dir, key: str, store_url: str, redis_url: str, cache: str) -> list:
     """Two `router-ml serve` processes sharing one PostgreSQL call log and one Redis, each with its journal."""
     shared = {"ROUTER_ML_STORE_URL": store_url, "ROUTER_ML_REDIS_URL": redis_url, "ROUTER_ML_CACHE": cache}
-    return [_start(tmp_path, static_encoder_dir, _free_port(), key=key,
+    return [start_server(tmp_path, static_encoder_dir, free_port(), key=key,
                    env_extra={**shared, "ROUTER_ML_STORE_JOURNAL": str(tmp_path / f"journal-{i}")}) for i in range(2)]
 
 
@@ -282,7 +223,7 @@ def test_two_servers_never_overspend_a_tenants_budget(served, static_encoder_dir
     from router_ml.calllog.store import CallStore
     from router_ml.tokens import count_tokens
 
-    recorded = _copy_served(served, tmp_path)
+    recorded = copy_served(served, tmp_path)
     prompts = recorded["prompt"].unique().to_list()[:50]
     models = recorded["model"].unique().to_list()
     reservations = [max(max_cost_usd(m, count_tokens(p), 64) for m in models) for p in prompts]
@@ -329,7 +270,7 @@ def test_replicas_share_the_response_cache_on_redis_but_never_across_tenants(ser
     import uuid
 
 
-    recorded = _copy_served(served, tmp_path)
+    recorded = copy_served(served, tmp_path)
     tenants = TenantStore(postgres_url)
     names = [f"cache-{uuid.uuid4().hex[:8]}" for _ in range(2)]
     for name in names:
@@ -355,12 +296,12 @@ def test_demo_traffic_sends_real_prompts_as_the_demo_tenant_and_revokes_its_key(
                                                                                  tmp_path):
     """`router-ml serve --demo-traffic` (what `make run` shows on the dashboard): real prompts of the outcomes
     table through the gateway under tenant 'demo', repeats answered by the cache, its key revoked at exit."""
-    recorded = _copy_served(served, tmp_path)
+    recorded = copy_served(served, tmp_path)
     url = f"sqlite:///{tmp_path / 'calls.db'}"
     tenants = TenantStore(url)
     tenants.create_tenant("demo")
     tenants.close()
-    process, _ = _start(tmp_path, static_encoder_dir, _free_port(), "--demo-traffic", "20")
+    process, _ = start_server(tmp_path, static_encoder_dir, free_port(), "--demo-traffic", "20")
     engine = sa.create_engine(url)
     deadline = time.time() + 60
     query = sa.text("SELECT prompt, cache, status FROM calls WHERE tenant = 'demo'")

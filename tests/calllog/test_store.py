@@ -1,8 +1,7 @@
 """The gateway call log (router_ml.calllog.store) on SQLite and on PostgreSQL (the server of .ci/services).
 
-Rows are gateway call records built here: a few hand-written prompts, token counts from
-router_ml.tokens and costs from router_ml.pricing. They carry no model answer and no quality
-of their own; every quality below is test feedback set through CallStore.feedback.
+Rows are the gateway call records of tests/call_rows.py (hand-written prompts, real token counts and prices, no
+answers); every quality below is test feedback set through CallStore.feedback.
 """
 
 from __future__ import annotations
@@ -23,41 +22,11 @@ import sqlalchemy as sa
 from router_ml.data import schema
 from router_ml.pricing import cost_usd
 from router_ml.calllog.store import CallStore, calls
-from router_ml.tokens import count_tokens
 
-PROMPTS = (
-    "What is the capital of Australia?",
-    "Write a Python function that returns the n-th Fibonacci number.",
-    "Summarize the causes of the French Revolution in three sentences.",
-    "A train travels 120 km in 1.5 hours. What is its average speed in km/h?",
-    "Translate 'good morning' into Spanish and German.",
-)
-MODELS = ("Meta-Llama-3-8B-Instruct", "Meta-Llama-3-70B-Instruct")
-TOKENS = {p: count_tokens(p) for p in PROMPTS}
-TESTS = Path(__file__).resolve().parent
+import call_rows
+from call_rows import MODELS, PROMPTS, call_row
 
-
-def call_row(i: int, prompt: str | None = None, model: str | None = None, **extra) -> dict:
-    prompt = prompt or PROMPTS[i % len(PROMPTS)]
-    model = model or MODELS[i % len(MODELS)]
-    tokens = TOKENS.get(prompt) or count_tokens(prompt)
-    row = {
-        "prompt": prompt,
-        "model": model,
-        "task": "chat",
-        "input_tokens": tokens,
-        "cost_usd": cost_usd(model, tokens, None),
-        "cost_source": "prompt_x_price",
-        "latency_ms": 100.0 + i,
-        "tenant": f"tenant-{i % 3}",
-        "http_status": 200,
-        "bundle_version": "bundle-test-1",
-        "routed": i % 2 == 0,
-        "policy": {"max_cost_usd": 0.01} if i % 2 == 0 else None,
-        "flags": [],
-    }
-    row.update(extra)
-    return row
+TESTS = Path(call_rows.__file__).resolve().parent  # where the journal test's writer imports call_rows from
 
 
 def error_row(i: int, **extra) -> dict:
@@ -273,7 +242,7 @@ def test_a_bad_row_does_not_sink_its_batch(url, caplog):
 _KILLED_WRITER = """
 import sys
 from router_ml.calllog.store import CallStore, calls
-from test_store import call_row
+from call_rows import call_row
 
 store = CallStore(sys.argv[1], interval=3600.0, batch_size=10**6, journal_dir=sys.argv[2])
 for i in range(300):
