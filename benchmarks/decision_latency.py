@@ -71,7 +71,8 @@ def measure_bundle(bundle_dir, prompts: list[str], calls: int) -> dict:
     :meth:`Gateway.plan <router_ml.serve.gateway.call.Gateway.plan>`: count tokens, featurize, predict every
     model's quality and cost, choose under the calibrated policy and rank the fallbacks (no upstream call)."""
     from router_ml.serve.api.schemas import AUTO, parse_auto_model
-    from router_ml.serve.gateway.call import Gateway, Sampling
+    from router_ml.serve.gateway.call import Gateway
+    from router_ml.serve.providers.base import ChatRequest
     from router_ml.serve.state import BundleHolder
 
     started = time.perf_counter()
@@ -82,8 +83,8 @@ def measure_bundle(bundle_dir, prompts: list[str], calls: int) -> dict:
     policy = parse_auto_model(AUTO)
 
     def route(prompt: str) -> str:
-        messages = [{"role": "user", "content": prompt}]
-        return gateway.plan(None, AUTO, policy, None, prompt, messages, Sampling(), False).candidates[0]
+        request = ChatRequest(AUTO, [{"role": "user", "content": prompt}])
+        return gateway.plan(None, request, policy, None, prompt, False).candidates[0]
 
     for prompt in prompts[:20]:  # warm up
         route(prompt)

@@ -19,7 +19,8 @@ from router_ml.calllog.record import CLIENT_CLOSED
 from router_ml.serve.api.auth import Caller
 from router_ml.serve.api.errors import APIError
 from router_ml.serve.api.schemas import ChatCompletionRequest, parse_auto_model, routing_prompt
-from router_ml.serve.gateway.call import Answer, ChatCall, Sampling, StreamEnd, StreamFailed
+from router_ml.serve.gateway.call import Answer, ChatCall, StreamEnd, StreamFailed
+from router_ml.serve.providers.base import ChatRequest
 
 router = APIRouter()
 
@@ -29,11 +30,11 @@ def _call(body: ChatCompletionRequest, request: Request, tenant) -> ChatCall:
         routed = parse_auto_model(body.model)
     except ValueError as exc:
         raise APIError(400, str(exc), param="model") from exc
-    sampling = Sampling(body.temperature, body.top_p, body.max_tokens,
+    asked = ChatRequest(body.model, [m.model_dump(exclude_none=True) for m in body.messages],
+                        body.temperature, body.top_p, body.max_tokens,
                         [body.stop] if isinstance(body.stop, str) else body.stop, body.tools, body.tool_choice)
-    messages = [m.model_dump(exclude_none=True) for m in body.messages]
-    return request.app.state.gateway.plan(tenant, body.model, routed, body.router_ml, routing_prompt(body.messages),
-                                          messages, sampling, body.stream)
+    return request.app.state.gateway.plan(tenant, asked, routed, body.router_ml, routing_prompt(body.messages),
+                                          body.stream)
 
 
 @router.post("/v1/chat/completions")

@@ -16,7 +16,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from router_ml.bundle import Bundle, Decision
 from router_ml.calllog.record import CLIENT_CLOSED, CallRecord
@@ -33,28 +33,13 @@ logger = logging.getLogger(__name__)
 MAX_ATTEMPTS = 2
 
 
-@dataclass(frozen=True)
-class Sampling:
-    """The request's settings passed upstream as they came (and part of the cache key)."""
-
-    temperature: float | None = None
-    top_p: float | None = None
-    max_tokens: int | None = None
-    stop: list[str] | None = None
-    tools: list[dict] | None = None
-    tool_choice: str | dict | None = None
-
-    def as_dict(self) -> dict:
-        return {"temperature": self.temperature, "top_p": self.top_p, "max_tokens": self.max_tokens,
-                "stop": self.stop, "tools": self.tools, "tool_choice": self.tool_choice}
-
-
 @dataclass
 class ChatCall:
     """One chat call as the gateway runs it.
 
-    ``model`` is what the caller named (a served model, or ``router-ml/auto...``) and ``policy`` the extension
-    field's override, both as asked (they key the cache); ``decision`` is the routing decision of a routed
+    ``request`` is the upstream request as asked: its model is what the caller named (a served model, or
+    ``router-ml/auto...``); ``policy`` is the extension field's override as asked (both key the cache);
+    ``decision`` is the routing decision of a routed
     call; ``candidates`` the served models it may use, best first (it tries the first :data:`MAX_ATTEMPTS`;
     a tenant over budget may degrade further down); ``admission`` what the tenant's budget reserved.
     """
@@ -62,10 +47,8 @@ class ChatCall:
     call_id: str
     tenant: Tenant | None
     prompt: str
-    messages: list[dict]
-    model: str
+    request: ChatRequest
     policy: dict | None
-    sampling: Sampling
     stream: bool
     bundle: Bundle
     input_tokens: int
@@ -73,6 +56,10 @@ class ChatCall:
     candidates: list[str]
     admission: Admission = field(default_factory=lambda: Admission([]))
     started: float = field(default_factory=time.perf_counter)
+
+    @property
+    def messages(self) -> list[dict]:
+        return self.request.messages
 
     @property
     def models(self) -> list[str]:
@@ -87,9 +74,7 @@ class ChatCall:
         return chosen[0] if chosen and chosen[0] != self.models[0] else None
 
     def upstream_request(self, model: str) -> ChatRequest:
-        s = self.sampling
-        return ChatRequest(model=model, messages=self.messages, temperature=s.temperature, top_p=s.top_p,
-                           max_tokens=s.max_tokens, stop=s.stop, tools=s.tools, tool_choice=s.tool_choice)
+        return replace(self.request, model=model)
 
     def elapsed_ms(self) -> float:
         return (time.perf_counter() - self.started) * 1000
@@ -107,13 +92,13 @@ class ChatCall:
     def cache_scope(self) -> tuple:
         """(tenant, messages, model or policy, sampling): what a cached answer must match."""
         return (self.tenant.name if self.tenant is not None else "", self.messages,
-                {"model": self.model, "policy": self.policy}, self.sampling.as_dict())
+                {"model": self.request.model, "policy": self.policy}, self.request.sampling())
 
     def output_bounds(self) -> dict[str, int] | None:
         """Each model's predicted upper bound on the answer's length, which a call without ``max_tokens``
         reserves; None when it sets one, the tenant has no budget or token limit, or the bundle has no length
         predictor."""
-        if self.sampling.max_tokens is not None or self.bundle.lengths is None:
+        if self.request.max_tokens is not None or self.bundle.lengths is None:
             return None
         if self.decision is None:
             t = self.tenant
@@ -162,18 +147,20 @@ class Gateway:
         self.metrics, self.limits, self.cache = metrics, limits, cache
 
     # ----------------------------------------------------------------- before any upstream call
-    def plan(self, tenant: Tenant | None, model: str, routed: Policy | None, override: Policy | None,
-             prompt: str, messages: list[dict], sampling: Sampling, stream: bool) -> ChatCall:
-        """The call and its candidates. ``routed`` is the policy the model name asks for (None: a concrete model),
-        ``override`` the extension field's fields over it."""
+    def plan(self, tenant: Tenant | None, request: ChatRequest, routed: Policy | None, override: Policy | None,
+             prompt: str, stream: bool) -> ChatCall:
+        """The call and its candidates. ``request`` names the model asked for, ``routed`` the policy that name asks
+        for (None: a concrete model), ``override`` the extension field's fields over it; ``prompt`` is the text
+        routing and budgets read."""
         bundle = self.bundles.current  # one bundle for the whole call, whatever a reload does meanwhile
         input_tokens = count_tokens(prompt)  # once: routing and the budget reservation both need it
         decision = None
         if routed is None:
-            check_model(tenant, model)
-            if model not in self.providers:
-                raise ModelNotServed(f"model {model!r} is not served here; GET /v1/models lists them", "model")
-            candidates = [model]
+            check_model(tenant, request.model)
+            if request.model not in self.providers:
+                raise ModelNotServed(f"model {request.model!r} is not served here; GET /v1/models lists them",
+                                     "model")
+            candidates = [request.model]
         else:
             if override is not None:
                 routed = Policy(**{**routed.model_dump(exclude_none=True), **override.model_dump(exclude_none=True)})
@@ -182,7 +169,7 @@ class Gateway:
         if not candidates:
             raise NoCandidates("no provider serves any model the policy allows")
         policy = override.model_dump(exclude_none=True) if override is not None else None
-        return ChatCall(uuid.uuid4().hex, tenant, prompt, messages, model, policy, sampling, stream, bundle,
+        return ChatCall(uuid.uuid4().hex, tenant, prompt, request, policy, stream, bundle,
                         input_tokens, decision, candidates, Admission(candidates[:MAX_ATTEMPTS]))
 
     @staticmethod
@@ -224,7 +211,7 @@ class Gateway:
         if budgeted and not self.limits.primed(tenant.name):  # the period's spend so far: a query, off the loop
             await asyncio.to_thread(self.limits.prime, tenant.name)
         bounds = call.output_bounds()
-        max_tokens = call.sampling.max_tokens
+        max_tokens = call.request.max_tokens
         check_rates(self.limits, tenant, call.input_tokens, max_tokens, call.models, bounds)
         fallbacks = call.candidates if call.decision is not None else []
         call.admission = admit(self.limits, tenant, call.models, fallbacks, call.input_tokens, max_tokens, bounds)

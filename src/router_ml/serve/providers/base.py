@@ -24,6 +24,11 @@ class ChatRequest:
     tools: list[dict] | None = None
     tool_choice: str | dict | None = None
 
+    def sampling(self) -> dict:
+        """The settings that shape the answer, beside the model and messages (part of a response-cache key)."""
+        return {"temperature": self.temperature, "top_p": self.top_p, "max_tokens": self.max_tokens,
+                "stop": self.stop, "tools": self.tools, "tool_choice": self.tool_choice}
+
 
 @dataclass
 class Usage:
