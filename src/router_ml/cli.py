@@ -762,16 +762,14 @@ def forecast_command(
     the daily usage in the call log up to yesterday (router_ml.forecast.forecast_history: a tenant whose calls all
     came today has their rate extrapolated, and the note says so)."""
     import json
-    from datetime import UTC
-
-    from router_ml.clock import utc_now
+    from router_ml.clock import as_utc, utc_now
     from router_ml.forecast import METRICS, daily_usage, forecast_history, forecast_usage
 
     url = store_url or get_settings().store_url
     usage = daily_usage(url, tenant=tenant, until=as_of.date() if as_of is not None else None)
     if usage.height == 0:
         raise ValueError(f"no calls{f' of tenant {tenant!r}' if tenant else ''} in the call log")
-    now = as_of.replace(tzinfo=UTC) if as_of is not None else utc_now()
+    now = as_utc(as_of) if as_of is not None else utc_now()
     names = [tenant] if tenant else sorted(n for n in usage["tenant"].unique().to_list() if n is not None) + [None]
     periods = sorted({min(7, horizon), horizon})
     report = {}

@@ -5,10 +5,11 @@ range's default end, where a forecast starts, the budget periods) is the app's c
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
+from datetime import datetime
 
 from fastapi import APIRouter, Query, Request
 
+from router_ml.clock import as_utc
 from router_ml.serve.observability import analytics, budget_outlook
 from router_ml.serve.api.auth import Viewer
 from router_ml.serve.api.errors import APIError
@@ -32,7 +33,7 @@ def _timestamp(value: str | None, name: str) -> datetime | None:
     except ValueError as exc:
         raise APIError(400, f"{name} must be an ISO 8601 time such as 2026-11-27T00:00:00Z, not {value!r}",
                        param=name) from exc
-    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+    return as_utc(parsed)
 
 
 def _references(request: Request) -> tuple[dict[str, str | None], str | None]:
