@@ -94,6 +94,14 @@ class Wire:
         with loopback.serve(Starlette(routes=self.routes)) as base_url:
             yield base_url + self.path
 
+    def fixture(self):
+        """A module-scoped pytest fixture of :meth:`serve`'s base URL (``upstream = OPENAI.fixture()``)."""
+        @pytest.fixture(scope="module")
+        def upstream() -> Iterator[str | None]:
+            with self.serve() as base_url:
+                yield base_url
+        return upstream
+
     def run(self, base_url: str | None, call, **kwargs):
         """``call(provider)`` in a fresh event loop, with a provider built for this call and closed after it."""
         async def main():

@@ -16,10 +16,7 @@ from router_ml.serve.providers.base import ChatRequest
 SEEN = ANTHROPIC.seen
 
 
-@pytest.fixture(scope="module")
-def upstream() -> str:
-    with ANTHROPIC.serve() as base_url:
-        yield base_url
+upstream = ANTHROPIC.fixture()
 
 
 # ---------------------------------------------------------------- requests as the server received them

@@ -16,10 +16,7 @@ from router_ml.serve.providers.gemini import GeminiProvider
 SEEN = GEMINI.seen
 
 
-@pytest.fixture(scope="module")
-def upstream() -> str:
-    with GEMINI.serve() as base_url:
-        yield base_url
+upstream = GEMINI.fixture()
 
 
 # ---------------------------------------------------------------- requests as Gemini receives them

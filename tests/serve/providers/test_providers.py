@@ -184,10 +184,7 @@ def test_handler_errors_are_raised_before_any_chunk(stream):
 # ---------------------------------------------------------------- OpenAI-compatible adapter
 
 
-@pytest.fixture(scope="module")
-def upstream() -> str:
-    with OPENAI.serve() as base_url:
-        yield base_url
+upstream = OPENAI.fixture()
 
 
 def test_openai_request_as_sent(upstream):
