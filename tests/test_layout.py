@@ -16,7 +16,8 @@ PACKAGE = ROOT / "src" / "router_ml"
 # gateway, api/ (HTTP) is on top, then gateway/, then tenancy/, observability/ and providers/.
 LAYERS = [
     (("router_ml.calllog", "router_ml.routers", "router_ml.data", "router_ml.bundle", "router_ml.train",
-      "router_ml.forecast", "router_ml.clock", "router_ml.pricing"), ("router_ml.serve", "router_ml.cli")),
+      "router_ml.forecast", "router_ml.clock", "router_ml.pricing", "router_ml.online"),
+     ("router_ml.serve", "router_ml.cli")),
     (("router_ml.serve.gateway", "router_ml.serve.tenancy", "router_ml.serve.observability",
       "router_ml.serve.providers"), ("router_ml.serve.api", "router_ml.serve.app", "router_ml.serve.main")),
     (("router_ml.serve.tenancy", "router_ml.serve.observability", "router_ml.serve.providers"),

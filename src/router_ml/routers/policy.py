@@ -4,7 +4,9 @@ Two rules turn a (prompts x models) matrix of predicted quality and one of predi
 cost into a choice per prompt:
 
 - ``choose``: maximize predicted quality - lambda * cost (ties to the cheaper model);
-- ``choose_threshold``: the cheapest model predicted to reach a quality threshold (absolute).
+- ``choose_threshold``: the cheapest model predicted to reach a quality threshold (absolute);
+- ``choose_near_reference``: the cheapest model predicted within a margin of a reference model (the online
+  operating point's rule).
 
 ``choose_for`` is the one choice the gateway, the bundle and the benchmarks make: a caller's
 ``Policy`` (allowed models, a cost cap, a share of the best predicted quality or a lambda) over
@@ -80,6 +82,19 @@ def choose_share(predicted_quality: np.ndarray, cost: np.ndarray, share: float,
     best = np.where(allowed, predicted_quality, -np.inf).max(axis=1, keepdims=True)
     keeping = allowed & ((predicted_quality >= share * best) | (predicted_quality >= best))
     return _cheapest(keeping, cost, predicted_quality)
+
+
+def choose_near_reference(predicted_quality: np.ndarray, cost: np.ndarray, reference: int, margin: float,
+                          allowed: np.ndarray | None = None) -> np.ndarray:
+    """Per prompt, the cheapest model predicted to come within ``margin`` of the ``reference`` model's predicted
+    quality (ties to the higher predicted quality); the reference always qualifies. ``margin=-inf`` sends every
+    prompt to the reference, ``margin=inf`` to the cheapest allowed model: the online operating point
+    (:mod:`router_ml.online.controller`) moves between them."""
+    predicted_quality, cost = np.asarray(predicted_quality, dtype=float), np.asarray(cost, dtype=float)
+    allowed = np.ones(cost.shape, dtype=bool) if allowed is None else allowed.copy()
+    near = allowed & (predicted_quality >= predicted_quality[:, [reference]] - margin)
+    near[:, reference] = True
+    return _cheapest(near, cost, predicted_quality)
 
 
 class Policy(BaseModel):

@@ -1,0 +1,117 @@
+"""A tenant's online operating point: a ladder of margins for :func:`router_ml.routers.policy.choose_near_reference`,
+from the reference model alone (level 0, margin -inf) to the cheapest model (the last level, margin inf).
+
+Every judged call is graded at every level at once: the judge scores the answer each level would have served for
+that prompt (the served one, and the few cheaper ones the shadow call also asks for) against the reference's, so
+each level gathers unbiased labels whatever level serves. A level is *proven* when its quality share's lower
+confidence bound is at or above the target with at least ``min_labels`` labels; each level above 0 starts with
+``prior`` pseudo-labels of a complete loss, so that a handful of lucky labels proves nothing. The controller
+serves the current level while it stays proven, steps one level cheaper when that level is proven, and when the
+current level's bound falls below the target it goes back at once to the cheapest proven level above it (level
+0 is proven by definition). Moving cheaper asks for ``hysteresis`` more than the target, so that a level whose
+bound hovers at the target does not flap. Every change is recorded with its reason and the estimate behind it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from router_ml.online.estimate import ShareEstimate, quality_share
+
+MARGINS = (-math.inf, -0.2, -0.1, -0.05, 0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, math.inf)
+
+
+@dataclass(frozen=True)
+class Change:
+    """One move of the operating point: when (``at``: the caller's clock, e.g. a call's index), from which level
+    to which, why, and the estimate of the level that decided it."""
+
+    at: float
+    old: int
+    new: int
+    reason: str
+    estimate: dict
+
+
+class OperatingPoint:
+    """The operating point of one tenant (or one prompt cluster of it); see the module docstring."""
+
+    def __init__(self, *, target: float = 0.95, confidence: float = 0.8, margins=MARGINS, min_labels: int = 30,
+                 window: int = 1000, prior: int = 1, hysteresis: float = 0.01):
+        if not 0 < target <= 1:
+            raise ValueError(f"target must be a share in (0, 1], not {target}")
+        if margins[0] != -math.inf or list(margins) != sorted(margins):
+            raise ValueError("margins must rise from -inf (the reference alone)")
+        self.target, self.confidence, self.margins = target, confidence, tuple(margins)
+        self.min_labels, self.prior, self.hysteresis = min_labels, prior, hysteresis
+        self.level = 0
+        self.changes: list[Change] = []
+        self._labels = [deque(maxlen=window) for _ in self.margins]  # (routed, reference, exact r., exact ref.)
+
+    @property
+    def margin(self) -> float:
+        return self.margins[self.level]
+
+    def observe(self, level: int, routed: float, reference: float, exact_routed: float = math.nan,
+                exact_reference: float = math.nan) -> None:
+        """One judged label of ``level``: the judge's scores of that level's answer and of the reference's, and
+        the exact labels of the two where known."""
+        self._labels[level].append((routed, reference, exact_routed, exact_reference))
+
+    def estimate(self, level: int | None = None) -> ShareEstimate:
+        """The quality share of ``level`` (default: the current one); level 0 keeps the reference's by definition."""
+        level = self.level if level is None else level
+        if level == 0:
+            return ShareEstimate(1.0, 1.0, 1.0, 0, 0)
+        rows = np.array(list(self._labels[level]) + [(0.0, 1.0, math.nan, math.nan)] * self.prior, dtype=float)
+        found = quality_share(rows[:, 0], rows[:, 1], rows[:, 2], rows[:, 3], self.confidence)
+        return ShareEstimate(found.share, found.lower, found.upper, found.labels - self.prior, found.exact)
+
+    def proven(self, level: int, margin: float = 0.0) -> bool:
+        """Whether ``level``'s lower bound is at least the target (plus ``margin``) on enough labels."""
+        estimate = self.estimate(level)
+        return level == 0 or (estimate.labels >= self.min_labels and estimate.lower >= self.target + margin)
+
+    def update(self, at: float) -> Change | None:
+        """Move the operating point if the labels say so (see the module docstring); the change, or None."""
+        current = self.estimate()
+        if not self.proven(self.level):
+            new = max(level for level in range(self.level) if self.proven(level))
+            reason = (f"lower bound {current.lower:.3f} of level {self.level} fell below the target "
+                      f"{self.target:.3f}")
+            return self._move(at, new, reason, current)
+        cheaper = self.level + 1
+        if cheaper < len(self.margins) and self.proven(cheaper, self.hysteresis):
+            estimate = self.estimate(cheaper)
+            reason = (f"level {cheaper} proven: lower bound {estimate.lower:.3f} >= target {self.target:.3f} "
+                      f"+ {self.hysteresis:.3f} on {estimate.labels} labels")
+            return self._move(at, cheaper, reason, estimate)
+        return None
+
+    def _move(self, at: float, new: int, reason: str, estimate: ShareEstimate) -> Change:
+        change = Change(at, self.level, new, reason, estimate.as_dict())
+        self.level = new
+        self.changes.append(change)
+        return change
+
+    def state(self) -> dict:
+        """Everything needed to resume after a restart (JSON-safe but for infinite margins)."""
+        return {"target": self.target, "confidence": self.confidence, "margins": list(self.margins),
+                "min_labels": self.min_labels, "prior": self.prior, "hysteresis": self.hysteresis, "level": self.level,
+                "window": self._labels[0].maxlen, "labels": [list(map(list, q)) for q in self._labels],
+                "changes": [asdict(c) for c in self.changes]}
+
+    @classmethod
+    def from_state(cls, state: dict) -> OperatingPoint:
+        point = cls(target=state["target"], confidence=state["confidence"], margins=state["margins"],
+                    min_labels=state["min_labels"], window=state["window"], prior=state["prior"],
+                    hysteresis=state["hysteresis"])
+        point.level = state["level"]
+        for queue, labels in zip(point._labels, state["labels"]):
+            queue.extend(tuple(label) for label in labels)
+        point.changes = [Change(**c) for c in state["changes"]]
+        return point
