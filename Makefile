@@ -63,6 +63,7 @@ test-shifted-clock: install
 bench: install data/outcomes.parquet
 	@start=$$(date +%s); \
 	$(MIRROR_ENV) $(BIN)/python benchmarks/routing_quality.py && \
+	$(MIRROR_ENV) $(BIN)/python benchmarks/online_quality.py && \
 	$(MIRROR_ENV) $(BIN)/python benchmarks/decision_latency.py && \
 	$(MIRROR_ENV) $(BIN)/python benchmarks/semantic_cache.py && \
 	$(MIRROR_ENV) $(BIN)/python benchmarks/output_length.py && \

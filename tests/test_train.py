@@ -436,6 +436,19 @@ def test_train_then_evaluate_from_the_command_line(cli_env, outcomes_file):
     assert scored["metrics"]["target"]["achieved"] == pytest.approx(meta["metrics"]["target"]["achieved"])
     assert (report / "cost_quality.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
+    # The same bundle routes the llmrouter rows replayed as a tenant's traffic through the online loop.
+    simulated = cli_env / "simulated"
+    result = _invoke("simulate", "--bundle", str(out), "--outcomes", str(outcomes_file), "--source", "llmrouter",
+                     "--orders", "3", "--sample-rate", "0.5", "--out", str(simulated))
+    assert result.exit_code == 0, result.output
+    replayed = json.loads((simulated / "simulation.json").read_text())
+    assert replayed["orders"] == 3 and len(replayed["runs"]) == 3 and replayed["reference"] in meta["models"]
+    assert f"held in {replayed['held_rate']:.0%} of 3 orders" in result.output
+    assert "static calibration" in replayed["baselines"]
+    assert (simulated / "operating_point.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    result = _invoke("simulate", "--bundle", str(out), "--outcomes", str(outcomes_file), "--reference", "gpt-5")
+    assert result.exit_code == 1 and "reference 'gpt-5' is not a model" in result.output
+
 
 def test_train_without_outcomes_names_the_path(cli_env):
     missing = cli_env / "absent.parquet"

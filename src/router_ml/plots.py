@@ -90,3 +90,25 @@ def plot_pgr(path, curves: dict, title: str) -> Path:
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8, loc="lower right")
     return _save(figure, path)
+
+
+def plot_operating_point(path, reports: list[dict]) -> Path:
+    """The online operating point over each stream's calls (its first replays), as the share of traffic its
+    level sends away from the reference; the realized quality share and net cost cut of each in its legend."""
+    figure, axes = _figure()
+    for report in reports:
+        away = np.array([0.0, *report["away_shares"], 1.0])
+        median = report["median"]
+        label = f"{report['stream']}: kept {median['quality_share']:.1%}, net cut {median['net_cost_cut']:.1%}"
+        color = None
+        for k, trace in enumerate(report["level_trace"]):
+            line = axes.plot(np.arange(len(trace)), away[np.minimum(trace, len(away) - 1)],
+                             drawstyle="steps-post", alpha=0.9 if k == 0 else 0.35, color=color,
+                             label=label if k == 0 else None)
+            color = line[0].get_color()
+    axes.set_xlabel("call")
+    axes.set_ylabel("share of traffic the operating point routes away from the reference")
+    axes.set_title("Online operating point per stream (first replays)")
+    axes.legend(fontsize=6, loc="upper left")
+    axes.grid(alpha=0.3)
+    return _save(figure, path)

@@ -318,25 +318,35 @@ def routerbench(outcomes: pl.DataFrame, featurize, kinds=("linear", "lgbm", "mf"
     return result
 
 
-def modern_pool(outcomes: pl.DataFrame, featurize, kinds=("linear", "mf"), n_trials: int = 6) -> dict:
-    """ZeroEval's models that answered every benchmark; each benchmark held out in turn, trained on
-    the others (minus duplicates of the held-out prompts); and ``within``: a quarter of the prompts
-    of all three held out by duplicate group, as a customer training on its own traffic would."""
+def modern_pool_data(outcomes: pl.DataFrame, featurize) -> tuple[list[str], Dataset]:
+    """ZeroEval's models that answered every benchmark, and the prompts all of them answered."""
     rows = outcomes.filter((pl.col("source") == "zeroeval") & pl.col("quality").is_not_null())
-    tasks = sorted(rows["task"].unique().to_list())
+    tasks = rows["task"].n_unique()
     coverage = rows.group_by("model").agg(pl.col("task").n_unique().alias("tasks"))
-    models = sorted(coverage.filter(pl.col("tasks") == len(tasks))["model"].to_list())
-    data = complete_rows(build_dataset(rows, models, featurize))
+    models = sorted(coverage.filter(pl.col("tasks") == tasks)["model"].to_list())
+    return models, complete_rows(build_dataset(rows, models, featurize))
+
+
+def held_out_splits(data: Dataset):
+    """Per benchmark held out in turn: (benchmark, fit, validation, test), trained on the others minus duplicates
+    of the held-out prompts, validation a fifth of those by duplicate group."""
     task_of = data.matrix.prompts["task"].to_numpy()
-    results = {"models": models, "held_out": {}}
-    for task in tasks:
+    for task in sorted(set(task_of)):
         test = data.take(np.nonzero(task_of == task)[0])
         test_groups = set(test.groups)
         train = data.take(np.array([i for i, (t, g) in enumerate(zip(task_of, data.groups))
                                     if t != task and g not in test_groups]))
         fit_idx, val_idx = group_holdout(train.groups, 0.2, seed=1)
-        results["held_out"][task] = pool_experiment(train.take(fit_idx), train.take(val_idx), test, kinds, n_trials)
-    # The own-logs case: the same three benchmarks on both sides, a quarter of the duplicate groups held out.
+        yield task, train.take(fit_idx), train.take(val_idx), test
+
+
+def modern_pool(outcomes: pl.DataFrame, featurize, kinds=("linear", "mf"), n_trials: int = 6) -> dict:
+    """Each benchmark of the modern pool (:func:`modern_pool_data`) held out in turn (:func:`held_out_splits`);
+    and ``within``: a quarter of the prompts of all three held out by duplicate group, as a customer training on
+    its own traffic would."""
+    models, data = modern_pool_data(outcomes, featurize)
+    results = {"models": models, "held_out": {task: pool_experiment(fit, val, test, kinds, n_trials)
+                                              for task, fit, val, test in held_out_splits(data)}}
     keep, held = group_holdout(data.groups, 0.25, seed=0)
     train = data.take(keep)
     fit_idx, val_idx = group_holdout(train.groups, 0.2, seed=1)

@@ -1,9 +1,11 @@
 """A tenant's online operating point: a ladder of margins for :func:`router_ml.routers.policy.choose_near_reference`,
 from the reference model alone (level 0, margin -inf) to the cheapest model (the last level, margin inf).
+:func:`ladder` places the rungs where the router's predictions on the tenant's prompts send a given share of the
+traffic away from the reference, so that each step moves a known share of calls.
 
-Every judged call is graded at every level at once: the judge scores the answer each level would have served for
-that prompt (the served one, and the few cheaper ones the shadow call also asks for) against the reference's, so
-each level gathers unbiased labels whatever level serves. A level is *proven* when its quality share's lower
+A judged call is graded at the current level and a few cheaper ones at once: the judge scores the answer each of
+those levels would have served for that prompt against the reference's (the shadow call asks the models the
+served answer did not come from), so each level gathers unbiased labels whatever level serves. A level is *proven* when its quality share's lower
 confidence bound is at or above the target with at least ``min_labels`` labels; each level above 0 starts with
 ``prior`` pseudo-labels of a complete loss, so that a handful of lucky labels proves nothing. The controller
 serves the current level while it stays proven, steps one level cheaper when that level is proven, and when the
@@ -23,6 +25,19 @@ import numpy as np
 from router_ml.online.estimate import ShareEstimate, quality_share
 
 MARGINS = (-math.inf, -0.2, -0.1, -0.05, 0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, math.inf)
+AWAY_SHARES = (0.05, 0.1, 0.2, 0.3, 0.45, 0.6, 0.75, 0.9)
+
+
+def ladder(predicted_quality, predicted_cost, reference: int, shares=AWAY_SHARES) -> tuple[float, ...]:
+    """Margins at which ``shares`` of these prompts leave the reference (by the router's predictions alone: no
+    labels), between -inf (the reference alone) and inf (the cheapest model)."""
+    quality, cost = np.asarray(predicted_quality, dtype=float), np.asarray(predicted_cost, dtype=float)
+    cheaper = cost < cost[:, [reference]]
+    best_cheaper = np.where(cheaper, quality, -np.inf).max(axis=1)
+    gap = quality[:, reference] - best_cheaper  # the margin from which the prompt leaves the reference
+    finite = gap[np.isfinite(gap)]
+    rungs = [float(np.quantile(finite, s)) if finite.size else math.inf for s in sorted(shares)]
+    return (-math.inf, *rungs, math.inf)  # one rung per share, equal ones included: level k keeps its meaning
 
 
 @dataclass(frozen=True)
@@ -50,25 +65,29 @@ class OperatingPoint:
         self.min_labels, self.prior, self.hysteresis = min_labels, prior, hysteresis
         self.level = 0
         self.changes: list[Change] = []
-        self._labels = [deque(maxlen=window) for _ in self.margins]  # (routed, reference, exact r., exact ref.)
+        # per level: (routed, reference, exact routed, exact reference, weight)
+        self._labels = [deque(maxlen=window) for _ in self.margins]
 
     @property
     def margin(self) -> float:
         return self.margins[self.level]
 
     def observe(self, level: int, routed: float, reference: float, exact_routed: float = math.nan,
-                exact_reference: float = math.nan) -> None:
-        """One judged label of ``level``: the judge's scores of that level's answer and of the reference's, and
-        the exact labels of the two where known."""
-        self._labels[level].append((routed, reference, exact_routed, exact_reference))
+                exact_reference: float = math.nan, weight: float = 1.0) -> None:
+        """One judged label of ``level``: the judge's scores of that level's answer and of the reference's, the
+        exact labels of the two where known, and the label's weight (1 / the probability the call was judged)."""
+        self._labels[level].append((routed, reference, exact_routed, exact_reference, weight))
 
     def estimate(self, level: int | None = None) -> ShareEstimate:
         """The quality share of ``level`` (default: the current one); level 0 keeps the reference's by definition."""
         level = self.level if level is None else level
         if level == 0:
             return ShareEstimate(1.0, 1.0, 1.0, 0, 0)
-        rows = np.array(list(self._labels[level]) + [(0.0, 1.0, math.nan, math.nan)] * self.prior, dtype=float)
-        found = quality_share(rows[:, 0], rows[:, 1], rows[:, 2], rows[:, 3], self.confidence)
+        labels = list(self._labels[level])
+        # the prior counts as one label of the most-sampled kind (the calls where levels differ)
+        typical = min(label[4] for label in labels) if labels else 1.0
+        rows = np.array(labels + [(0.0, 1.0, math.nan, math.nan, typical)] * self.prior, dtype=float)
+        found = quality_share(rows[:, 0], rows[:, 1], rows[:, 2], rows[:, 3], rows[:, 4], self.confidence)
         return ShareEstimate(found.share, found.lower, found.upper, found.labels - self.prior, found.exact)
 
     def proven(self, level: int, margin: float = 0.0) -> bool:

@@ -1,10 +1,12 @@
 """The quality share of routed traffic relative to the reference model, with a confidence interval.
 
 Each judged call gives a pair of judge scores in [0, 1]: the routed answer's and the reference model's answer
-to the same prompt. The share is ``mean(routed) / mean(reference)``. A judge is biased; where some of the judged
-calls also carry exact labels (human review, ``/v1/feedback``), prediction-powered inference (Angelopoulos et
-al., 2023) corrects both means by the judge's average error on those calls, and the interval widens by the
-uncertainty of that correction. The interval is the delta method's normal interval of the ratio.
+to the same prompt, and a weight, the inverse of the probability that the call was judged (calls where routing
+cannot differ from the reference are judged less often). The share is the weighted ``mean(routed) /
+mean(reference)`` (a Hajek ratio). A judge is biased; where some of the judged calls also carry exact labels
+(human review, ``/v1/feedback``), prediction-powered inference (Angelopoulos et al., 2023) corrects both means by
+the judge's weighted average error on those calls, and the interval widens by the uncertainty of that
+correction. The interval is the delta method's normal interval of the ratio.
 """
 
 from __future__ import annotations
@@ -31,31 +33,43 @@ class ShareEstimate:
                 "exact": self.exact}
 
 
-def quality_share(routed, reference, exact_routed=None, exact_reference=None,
+def _weighted(values: np.ndarray, weights: np.ndarray) -> tuple[float, float]:
+    """(weighted mean, the variance of that mean) of ``values``; the variance is inf below two values."""
+    total = weights.sum()
+    mean = float((weights * values).sum() / total)
+    if len(values) < 2:
+        return mean, float("inf")
+    n = len(values)
+    return mean, float((weights**2 * (values - mean) ** 2).sum() / total**2 * n / (n - 1))
+
+
+def quality_share(routed, reference, exact_routed=None, exact_reference=None, weights=None,
                   confidence: float = 0.8) -> ShareEstimate:
     """The routed traffic's share of the reference's quality from judged pairs (``routed[i]``,
-    ``reference[i]``); ``exact_*`` hold the exact labels of the same calls, NaN where a call has none.
-    ``confidence`` is the two-sided level of the interval (0.8: the lower bound holds with 90%)."""
+    ``reference[i]``) of weight ``weights[i]`` (default 1); ``exact_*`` hold the exact labels of the same calls,
+    NaN where a call has none. ``confidence`` is the two-sided level of the interval (0.8: the lower bound holds
+    with 90%)."""
     routed, reference = np.asarray(routed, dtype=float), np.asarray(reference, dtype=float)
     if routed.shape != reference.shape:
         raise ValueError(f"routed ({routed.shape}) and reference ({reference.shape}) scores differ in shape")
     n = routed.size
     if n == 0:
         return ShareEstimate(None, 0.0, float("inf"), 0, 0)
+    weights = np.ones(n) if weights is None else np.asarray(weights, dtype=float)
     exact_r = np.full(n, np.nan) if exact_routed is None else np.asarray(exact_routed, dtype=float)
     exact_f = np.full(n, np.nan) if exact_reference is None else np.asarray(exact_reference, dtype=float)
     exact = ~(np.isnan(exact_r) | np.isnan(exact_f))
     m = int(exact.sum())
-    error_r = exact_r[exact] - routed[exact]
-    error_f = exact_f[exact] - reference[exact]
     corrected = m >= 2  # one exact label cannot say how uncertain the correction is
-    mean_r = routed.mean() + (error_r.mean() if corrected else 0.0)
-    mean_f = reference.mean() + (error_f.mean() if corrected else 0.0)
+    w_exact = weights[exact]
+    error_r, error_f = exact_r[exact] - routed[exact], exact_f[exact] - reference[exact]
+    mean_f = _weighted(reference, weights)[0] + (_weighted(error_f, w_exact)[0] if corrected else 0.0)
     if mean_f <= 0:
         return ShareEstimate(None, 0.0, float("inf"), n, m)
+    mean_r = _weighted(routed, weights)[0] + (_weighted(error_r, w_exact)[0] if corrected else 0.0)
     share = mean_r / mean_f
-    variance = np.var((routed - share * reference) / mean_f, ddof=1) / n if n > 1 else np.inf
+    variance = _weighted((routed - share * reference) / mean_f, weights)[1]
     if corrected:
-        variance += np.var((error_r - share * error_f) / mean_f, ddof=1) / m
+        variance += _weighted((error_r - share * error_f) / mean_f, w_exact)[1]
     half = NormalDist().inv_cdf(0.5 + confidence / 2) * float(np.sqrt(variance))
     return ShareEstimate(float(share), max(0.0, float(share - half)), float(share + half), n, m)

@@ -16,9 +16,12 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
+import polars as pl
 
-from router_ml.online.controller import MARGINS, OperatingPoint
+from router_ml.label import outcome_matrix
+from router_ml.online.controller import AWAY_SHARES, OperatingPoint, ladder
 from router_ml.routers.policy import choose_near_reference
+from router_ml.tokens import count_tokens
 
 
 @dataclass
@@ -48,17 +51,40 @@ class Stream:
         return len(self.quality)
 
 
+def stream_from_outcomes(outcomes, bundle, name: str) -> Stream:
+    """The prompts of an outcomes table (already filtered to one tenant's traffic) that every model of ``bundle``
+    answered, with the bundle's predictions and its static calibrated choice."""
+    rows = outcomes.filter(pl.col("model").is_in(bundle.models) & pl.col("quality").is_not_null())
+    matrix = outcome_matrix(rows, bundle.models).complete()
+    if len(matrix.prompts) == 0:
+        raise ValueError(f"stream {name!r}: no prompt has an outcome with a quality for every model of the bundle "
+                         f"({', '.join(bundle.models)})")
+    prompts = matrix.prompts["prompt"].to_list()
+    predicted_quality, predicted_cost = bundle.predict(prompts, [count_tokens(p) for p in prompts])
+    return Stream(name, list(bundle.models), predicted_quality, predicted_cost, matrix.quality, matrix.cost,
+                  static_choice=bundle.choose(predicted_quality, predicted_cost))
+
+
 @dataclass(frozen=True)
 class Settings:
-    """The loop's settings: the tenant's target and the controller's, sampling, and the simulated judge."""
+    """The loop's settings: the tenant's target and the controller's, sampling, and the simulated judge.
+
+    A call is judged with probability ``sample_rate`` when one of the levels it is graded at (the current one
+    and the ``probe_levels`` cheaper ones) would serve another model than the reference, else with
+    ``quiet_rate`` (the judge then grades the reference's answer alone: no shadow call). The ladder of margins
+    (:func:`~router_ml.online.controller.ladder` at ``away_shares``) is placed on the predictions of the stream's
+    first ``ladder_calls`` calls."""
 
     target: float = 0.95
     confidence: float = 0.8
-    sample_rate: float = 0.04
+    sample_rate: float = 0.08
+    quiet_rate: float = 0.01
+    probe_levels: int = 3
     exact_share: float = 0.1
     flip_rate: float = 0.0
     min_labels: int = 30
-    margins: tuple = MARGINS
+    away_shares: tuple = AWAY_SHARES
+    ladder_calls: int = 100
     judge_cost_factor: float = 3.0
 
 
@@ -75,6 +101,7 @@ class Run:
     labels: int
     exact: int
     changes: list = field(default_factory=list)
+    margins: tuple = ()
 
 
 def run_stream(stream: Stream, reference: int, settings: Settings = Settings(), seed: int = 0) -> Run:
@@ -82,33 +109,41 @@ def run_stream(stream: Stream, reference: int, settings: Settings = Settings(), 
     rng = np.random.default_rng(seed)
     n = len(stream)
     order = rng.permutation(n)
+    first = order[:settings.ladder_calls]
+    margins = ladder(stream.predicted_quality[first], stream.predicted_cost[first], reference, settings.away_shares)
     choices = np.stack([choose_near_reference(stream.predicted_quality, stream.predicted_cost, reference, margin)
-                        for margin in settings.margins])
-    point = OperatingPoint(target=settings.target, confidence=settings.confidence, margins=settings.margins,
+                        for margin in margins])
+    point = OperatingPoint(target=settings.target, confidence=settings.confidence, margins=margins,
                            min_labels=settings.min_labels)
     served, level = np.empty(n, dtype=int), np.empty(n, dtype=int)
     judged = np.zeros(n, dtype=bool)
     shadow_usd, judge_usd = np.zeros(n), np.zeros(n)
     labels = exact_labels = 0
+    top = len(margins) - 1
     for t, i in enumerate(order):
         level[t], served[t] = point.level, choices[point.level, i]
-        if rng.random() >= settings.sample_rate:
+        window = range(point.level, min(top, point.level + settings.probe_levels) + 1)
+        informative = any(choices[lvl, i] != reference for lvl in window)
+        chance = settings.sample_rate if informative else settings.quiet_rate
+        if rng.random() >= chance:
             continue
         judged[t] = True
-        graded = sorted(set(choices[:, i].tolist()) | {reference})
+        graded = sorted({int(choices[lvl, i]) for lvl in window} | {reference})
         truth = stream.quality[i, graded]
         scores = np.where(rng.random(len(graded)) < settings.flip_rate, 1.0 - truth, truth)
         score = dict(zip(graded, scores))
         exact = dict(zip(graded, truth)) if rng.random() < settings.exact_share else {}
         shadow_usd[t] = sum(stream.cost[i, m] for m in graded if m != served[t])
-        comparisons = max(1, 2 * (len(graded) - 1))
+        comparisons = max(1, 2 * (len(graded) - 1))  # each answer against the reference's, in both orders
         judge_usd[t] = comparisons * settings.judge_cost_factor * stream.cost[i].min()
-        for lvl, m in enumerate(choices[:, i]):
-            point.observe(lvl, score[m], score[reference], exact.get(m, math.nan), exact.get(reference, math.nan))
+        for lvl in window:
+            m = int(choices[lvl, i])
+            point.observe(lvl, score[m], score[reference], exact.get(m, math.nan), exact.get(reference, math.nan),
+                          1.0 / chance)
         labels += 1
         exact_labels += bool(exact)
         point.update(t)
-    return Run(order, served, level, judged, shadow_usd, judge_usd, labels, exact_labels, point.changes)
+    return Run(order, served, level, judged, shadow_usd, judge_usd, labels, exact_labels, point.changes, margins)
 
 
 def summarize(stream: Stream, reference: int, run: Run, target: float) -> dict:
@@ -164,4 +199,4 @@ def simulate(stream: Stream, reference: str, settings: Settings = Settings(), or
             "median": {key: float(np.median(v)) for key, v in column.items() if key != "held"},
             "min_quality_share": float(min(column["quality_share"])),
             "baselines": baselines, "runs": summaries,
-            "level_trace": [r.level.tolist() for r in runs[:3]], "margins": list(settings.margins)}
+            "level_trace": [r.level.tolist() for r in runs[:3]], "away_shares": list(settings.away_shares)}
