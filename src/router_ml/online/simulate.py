@@ -69,15 +69,18 @@ def stream_from_outcomes(outcomes, bundle, name: str) -> Stream:
 class Settings:
     """The loop's settings: the tenant's target and the controller's, sampling, and the simulated judge.
 
-    A call is judged with probability ``sample_rate`` when one of the levels it is graded at (the current one
-    and the ``probe_levels`` cheaper ones) would serve another model than the reference, else with
-    ``quiet_rate`` (the judge then grades the reference's answer alone: no shadow call). The ladder of margins
+    A call is judged when one of the levels it is graded at (the current one and the ``probe_levels`` cheaper
+    ones) would serve another model than the reference, with a probability that falls as the stream goes on:
+    ``sample_rate / 2 * sqrt(horizon / t)`` at call t (capped at 1), so that labels come early, when the
+    operating point needs them, and about ``sample_rate`` of the first ``horizon`` calls are judged. Other calls
+    are judged at ``quiet_rate`` (the judge then grades the reference's answer alone: no shadow call). The ladder of margins
     (:func:`~router_ml.online.controller.ladder` at ``away_shares``) is placed on the predictions of the stream's
     first ``ladder_calls`` calls."""
 
     target: float = 0.95
     confidence: float = 0.8
-    sample_rate: float = 0.08
+    sample_rate: float = 0.05
+    horizon: int = 2000
     quiet_rate: float = 0.01
     probe_levels: int = 3
     exact_share: float = 0.1
@@ -124,7 +127,8 @@ def run_stream(stream: Stream, reference: int, settings: Settings = Settings(), 
         level[t], served[t] = point.level, choices[point.level, i]
         window = range(point.level, min(top, point.level + settings.probe_levels) + 1)
         informative = any(choices[lvl, i] != reference for lvl in window)
-        chance = settings.sample_rate if informative else settings.quiet_rate
+        early = min(1.0, settings.sample_rate / 2 * np.sqrt(settings.horizon / (t + 1)))
+        chance = early if informative else settings.quiet_rate
         if rng.random() >= chance:
             continue
         judged[t] = True
