@@ -65,6 +65,15 @@ class Settings(BaseSettings):
     """Local journal of logged calls not yet committed, replayed after a crash (see calllog/store.py); one per host."""
     admin_key: str | None = None
     """Key of the gateway's /admin/* endpoints (sent as 'Authorization: Bearer'); unset: they answer 403."""
+    judge_model: str | None = None
+    """A served model that judges routed answers against the tenant's reference model's (shadow judging,
+    serve/gateway/shadow.py); unset: no shadow judging."""
+    shadow_rate: float = 0.03
+    """With a judge model: the share of a tenant's routed calls (answered by another model than its reference
+    model) that are also sent to the reference and judged, after the client has its answer."""
+    shadow_cap_usd_day: float = 1.0
+    """With a judge model: a tenant's shadow and judge spend per UTC day (per process) beyond which no call is
+    judged."""
     mlflow_uri: str = f"sqlite:///{PROJECT_ROOT / 'mlruns' / 'mlflow.db'}"
     """MLflow tracking store: a local SQLite file by default."""
     mlflow_artifacts: Path = PROJECT_ROOT / "mlruns" / "artifacts"

@@ -456,12 +456,13 @@ def test_db_current_and_db_upgrade_commands(url, outcome_rows):
     assert "pending 0004 api_keys_rate_limits" in current.output and "pending 0005 calls_time_indexes" in current.output
     done = runner.invoke(cli_app, ["db", "upgrade", "--store-url", url])
     assert done.exit_code == 0, done.output
-    assert "from version 3 (recognised from its tables, stamped) to version 6: applied 0004, 0005, 0006" in done.output
+    applied = ", ".join(f"{v:04d}" for v in range(4, head() + 1))
+    assert f"from version 3 (recognised from its tables, stamped) to version {head()}: applied {applied}" in done.output
     assert ":***@" in done.output if url.startswith("postgresql") else True  # no password printed
     again = runner.invoke(cli_app, ["db", "upgrade", "--store-url", url])
-    assert again.exit_code == 0 and "at version 6: nothing to apply" in again.output
+    assert again.exit_code == 0 and f"at version {head()}: nothing to apply" in again.output
     current = runner.invoke(cli_app, ["db", "current", "--store-url", url])
-    assert "version 6 (newest known: 6)" in current.output and "pending" not in current.output
+    assert f"version {head()} (newest known: {head()})" in current.output and "pending" not in current.output
 
 
 def test_calllog_imports_nothing_heavy():

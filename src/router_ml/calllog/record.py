@@ -15,7 +15,9 @@ class CallRecord:
     ``status`` is 'ok' or 'error'; ``http_status`` what the client got for this attempt (:data:`CLIENT_CLOSED`: it left).
     ``cache`` is 'exact' or 'semantic' for an answer from the response cache, which cost 0 and saved
     ``saved_usd``. ``degraded_from`` names the model the gateway chose before the tenant's budget made it serve
-    a cheaper one. An 'ok' call of a model without a price is logged at cost 0, flagged 'unpriced'.
+    a cheaper one. An 'ok' call of a model without a price is logged at cost 0, flagged 'unpriced'. ``kind`` is
+    None for a client's call, 'shadow' or 'judge' for the shadow judging of call ``judges`` (a judge row holds
+    the two scores in ``judge_routed`` and ``judge_reference``).
     """
 
     call_id: str
@@ -36,6 +38,10 @@ class CallRecord:
     cache: str | None = None
     saved_usd: float | None = None
     degraded_from: str | None = None
+    kind: str | None = None
+    judges: str | None = None
+    judge_routed: float | None = None
+    judge_reference: float | None = None
     task: str = "chat"
     flags: list[str] = field(default_factory=list)
 

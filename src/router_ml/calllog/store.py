@@ -71,8 +71,9 @@ log = logging.getLogger(__name__)
 
 STATUSES = ("ok", "error")
 EXTRA_COLUMNS = ("call_id", "status", "error", "http_status", "bundle_version", "routed", "policy", "feedback_at",
-                 "cache", "saved_usd", "degraded_from")
+                 "cache", "saved_usd", "degraded_from", "kind", "judges", "judge_routed", "judge_reference")
 ALL_COLUMNS = tuple(c.name for c in schema.COLUMNS) + EXTRA_COLUMNS
+KINDS = (None, "shadow", "judge")  # a client's call; the reference's answer to a judged call; the judge's verdict
 # Fields a caller must give for every call; an 'ok' call must give every non-null outcomes column
 # except those the store derives (prompt_id, group_id from the prompt; source, flags by default).
 _DERIVED = {"prompt_id", "group_id", "source", "flags"}
@@ -123,6 +124,10 @@ calls = sa.Table(
     sa.Column("cache", sa.String(16)),  # 'exact' or 'semantic' when the answer came from the response cache
     sa.Column("saved_usd", sa.Float),  # for a cache hit: what the original call cost
     sa.Column("degraded_from", sa.String(200)),  # over budget: the model the gateway chose before degrading
+    sa.Column("kind", sa.String(16)),  # null: a client's call; 'shadow' or 'judge': the judging of call ``judges``
+    sa.Column("judges", sa.String(64)),
+    sa.Column("judge_routed", sa.Float),  # a judge row: the routed answer's score in [0, 1]
+    sa.Column("judge_reference", sa.Float),  # and the reference answer's
     sa.CheckConstraint("status IN ('ok', 'error')", name="calls_status"),
     sa.Index("calls_status_feedback", "status", "feedback_at"),
     sa.Index("calls_tenant_ts", "tenant", "ts"),  # a tenant's spend in a budget period, its analytics and forecast
@@ -156,11 +161,11 @@ def _journal_default(value: Any) -> str:
     raise TypeError(f"call field value {value!r} ({type(value).__name__}) is not JSON serializable")
 
 
-def _check_quality(quality: Any) -> float:
+def _check_quality(quality: Any, name: str = "quality") -> float:
     if isinstance(quality, bool) or not isinstance(quality, (int, float)) or math.isnan(quality):
-        raise ValueError(f"quality must be a number in [0, 1], got {quality!r}")
+        raise ValueError(f"{name} must be a number in [0, 1], got {quality!r}")
     if not 0.0 <= quality <= 1.0:
-        raise ValueError(f"quality must be in [0, 1], got {quality!r}")
+        raise ValueError(f"{name} must be in [0, 1], got {quality!r}")
     return float(quality)
 
 
@@ -261,6 +266,13 @@ class CallStore:
                 raise ValueError(f"call field {name!r} is required (status={status!r})")
         if row.get("quality") is not None:
             row["quality"] = _check_quality(row["quality"])
+        if row.get("kind") not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {row['kind']!r}")
+        if row.get("kind") is not None and row.get("judges") is None:
+            raise ValueError(f"call field 'judges' is required (kind={row['kind']!r}): the call id it judges")
+        for name in ("judge_routed", "judge_reference"):
+            if row.get(name) is not None:
+                row[name] = _check_quality(row[name], name)
         cost_source = row.get("cost_source")
         if cost_source is not None and cost_source not in schema.COST_SOURCES:
             raise ValueError(f"cost_source must be one of {schema.COST_SOURCES}, got {cost_source!r}")

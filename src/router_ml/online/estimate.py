@@ -11,6 +11,7 @@ correction. The interval is the delta method's normal interval of the ratio.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from statistics import NormalDist
 
@@ -29,8 +30,9 @@ class ShareEstimate:
     exact: int
 
     def as_dict(self) -> dict:
-        return {"share": self.share, "lower": self.lower, "upper": self.upper, "labels": self.labels,
-                "exact": self.exact}
+        """JSON-safe: an unbounded upper end is None."""
+        upper = self.upper if math.isfinite(self.upper) else None
+        return {"share": self.share, "lower": self.lower, "upper": upper, "labels": self.labels, "exact": self.exact}
 
 
 def _weighted(values: np.ndarray, weights: np.ndarray) -> tuple[float, float]:

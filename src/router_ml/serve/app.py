@@ -8,7 +8,8 @@ from fastapi import FastAPI
 
 from router_ml.clock import SYSTEM_CLOCK, Clock
 from router_ml.serve.api import admin, analytics, chat, dashboard, errors, feedback, meta, metrics, route
-from router_ml.serve.gateway.call import Gateway
+from router_ml.serve.gateway.call import Gateway, call_cost
+from router_ml.serve.gateway.shadow import ShadowJudge
 from router_ml.serve.observability.metrics import Metrics, RequestMetrics
 from router_ml.serve.state import BundleHolder
 
@@ -18,7 +19,7 @@ MAX_BODY_BYTES = 16 << 20  # a long-context request with images stays well below
 
 def create_app(bundle_dir: Path | BundleHolder, providers: dict, store=None, encoder=None,
                max_body_bytes: int = MAX_BODY_BYTES, tenants=None, admin_key: str | None = None,
-               limits=None, cache=None, clock: Clock = SYSTEM_CLOCK) -> FastAPI:
+               limits=None, cache=None, clock: Clock = SYSTEM_CLOCK, shadow=None) -> FastAPI:
     """An app routing with the bundle in ``bundle_dir`` (a directory, or a
     :class:`~router_ml.serve.state.BundleHolder` already loaded, so that a caller that needed the bundle first does
     not load it twice; ``encoder`` then belongs to the holder); ``providers`` maps each served model name to the
@@ -29,7 +30,8 @@ def create_app(bundle_dir: Path | BundleHolder, providers: dict, store=None, enc
     :mod:`router_ml.serve.tenancy.limits` backend) enforces each tenant's rate limits and budgets; ``cache`` (a
     :class:`~router_ml.serve.gateway.cache.ResponseCache`) answers repeated requests of a tenant. ``clock``
     (:mod:`router_ml.clock`) is "now" for the analytics (ranges, forecasts, budget outlooks); give the store, the
-    tenants and the limits the same one (their ``clock=``), as :func:`router_ml.serve.main.build_app` does."""
+    tenants and the limits the same one (their ``clock=``), as :func:`router_ml.serve.main.build_app` does.
+    ``shadow`` (:class:`~router_ml.serve.gateway.shadow.ShadowSettings`) turns on shadow judging."""
     app = FastAPI(title="router-ml", version="0.1.0")
     app.add_middleware(errors.BodyLimit, limit=max_body_bytes)
     if isinstance(bundle_dir, BundleHolder):
@@ -48,8 +50,10 @@ def create_app(bundle_dir: Path | BundleHolder, providers: dict, store=None, enc
     app.state.metrics = Metrics(app.state.providers, app.state.bundles)
     if hasattr(store, "watch"):  # a CallStore: its rejected, lost and dead-lettered rows reach /metrics
         app.state.metrics.watch_store(store)
+    app.state.shadow = (ShadowJudge(shadow, app.state.providers, store, call_cost, clock)
+                        if shadow is not None else None)
     app.state.gateway = Gateway(app.state.bundles, app.state.providers, store=store, metrics=app.state.metrics,
-                                limits=limits, cache=cache)
+                                limits=limits, cache=cache, shadow=app.state.shadow)
     app.add_middleware(RequestMetrics, metrics=app.state.metrics, routes=app.routes)  # outermost: counts 413s
     errors.install(app)
     for area in (meta, route, chat, feedback, admin, analytics, metrics, dashboard):

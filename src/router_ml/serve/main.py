@@ -31,6 +31,7 @@ def use_serving_threads() -> None:
 use_serving_threads()
 
 import asyncio  # noqa: E402
+import logging  # noqa: E402
 from contextlib import asynccontextmanager  # noqa: E402
 
 import polars as pl  # noqa: E402
@@ -38,6 +39,8 @@ import polars as pl  # noqa: E402
 from router_ml.config import get_settings  # noqa: E402
 from router_ml.serve.providers.wire import UpstreamPool  # noqa: E402
 from router_ml.serve.providers.reliability import ReliableProvider  # noqa: E402
+
+SHADOW_DRAIN_S = 30.0  # at shutdown, how long judging in flight may take to finish
 
 
 def providers_for(models: list[str], settings, pool: UpstreamPool | None = None) -> dict:
@@ -88,6 +91,7 @@ def build_app():
     """The app for uvicorn's ``factory=True``: bundle, providers and call log from the settings."""
     from router_ml.clock import SYSTEM_CLOCK
     from router_ml.serve.app import create_app
+    from router_ml.serve.gateway.shadow import ShadowSettings
     from router_ml.serve.tenancy.limits import limits_for
     from router_ml.serve.state import BundleHolder, watch
     from router_ml.calllog.store import CallStore
@@ -103,14 +107,22 @@ def build_app():
     limits = limits_for(settings.redis_url, lambda tenant, _period, start: store.spend(tenant, start), clock=clock)
     pool = UpstreamPool()
     cache = response_cache(settings, lambda texts: app.state.bundles.current.encoder.encode(texts))
+    shadow = (ShadowSettings(settings.judge_model, settings.shadow_rate, settings.shadow_cap_usd_day)
+              if settings.judge_model else None)
     app = create_app(bundles, providers_for(models, settings, pool), store=store, tenants=tenants,
-                     admin_key=settings.admin_key, limits=limits, cache=cache, clock=clock)
+                     admin_key=settings.admin_key, limits=limits, cache=cache, clock=clock, shadow=shadow)
 
     @asynccontextmanager
     async def lifespan(app):
         watcher = asyncio.create_task(watch(app.state.bundles, settings.bundle_watch_seconds))
         yield
         watcher.cancel()
+        if app.state.shadow is not None:  # judging in flight logs its rows before the store closes
+            try:
+                await asyncio.wait_for(app.state.shadow.drain(), SHADOW_DRAIN_S)
+            except TimeoutError:
+                logging.getLogger(__name__).warning("shadow judging still in flight after %s s: dropped",
+                                                    SHADOW_DRAIN_S)
         await pool.aclose()
         store.close()  # flush every logged call before the process ends
         tenants.close()

@@ -72,3 +72,21 @@ async def forecast(request: Request, scope: Viewer, horizon: int = Query(30, ge=
         return budget_outlook.report(store, tenants, scope, clock.now(), horizon, history_days)
 
     return await asyncio.to_thread(outlook)
+
+
+@router.get("/quality")
+async def quality(request: Request, scope: Viewer, start: str | None = None, end: str | None = None,
+                  confidence: float = Query(0.8, gt=0, lt=1)):
+    """The quality routed calls kept of the reference's, from the shadow judge's verdicts (default: the last 30 days)."""
+    store = _store(request)
+    try:
+        first, last = analytics.resolve_range(_timestamp(start, "start"), _timestamp(end, "end"), "day",
+                                              request.app.state.clock.now())
+    except ValueError as exc:
+        raise APIError(400, str(exc), param="start") from exc
+
+    def report() -> dict:
+        store.flush(timeout=FLUSH_TIMEOUT_S)
+        return analytics.quality(store.engine, scope, first, last, confidence)
+
+    return await asyncio.to_thread(report)

@@ -140,11 +140,11 @@ def call_cost(model: str, usage: Usage) -> float | None:
 
 class Gateway:
     """The chat path over the app's parts: the bundles, the providers (model -> provider), the call log, the
-    metrics, and optionally the tenants' limits and the response cache."""
+    metrics, and optionally the tenants' limits, the response cache and shadow judging."""
 
-    def __init__(self, bundles, providers: dict, store=None, metrics=None, limits=None, cache=None):
+    def __init__(self, bundles, providers: dict, store=None, metrics=None, limits=None, cache=None, shadow=None):
         self.bundles, self.providers, self.store = bundles, providers, store
-        self.metrics, self.limits, self.cache = metrics, limits, cache
+        self.metrics, self.limits, self.cache, self.shadow = metrics, limits, cache, shadow
 
     # ----------------------------------------------------------------- before any upstream call
     def plan(self, tenant: Tenant | None, request: ChatRequest, routed: Policy | None, override: Policy | None,
@@ -234,7 +234,10 @@ class Gateway:
         latency = call.elapsed_ms()
         self.log(call.record(model, "ok", 200, latency_ms=latency, response=result.text, cost_usd=cost,
                              input_tokens=result.usage.input_tokens, output_tokens=result.usage.output_tokens))
-        return Answer(model, result, cost, latency)
+        answer = Answer(model, result, cost, latency)
+        if self.shadow is not None:  # a task of its own: never delays the answer
+            self.shadow.consider(call, answer)
+        return answer
 
     async def open_stream(self, call: ChatCall) -> tuple[str, AsyncIterator[ChatChunk], ChatChunk | None]:
         """(model, its stream, the first chunk) of the first model whose stream opens; the budget is settled at

@@ -10,7 +10,8 @@ reference model (its ``reference_model`` setting, else the bundle's best model),
 is unknown, so its length is taken to be the one that was served; cost is linear in tokens, so the
 counterfactual is exact on the SQL sums. A cache hit cost nothing; what it saved beyond routing is what its
 original call cost (``saved_usd``). A reference model without a price claims no savings and is named in
-``unpriced_reference``.
+``unpriced_reference``. Shadow judging (rows of kind 'shadow' and 'judge') is no client's request: its cost is
+spend with no counterfactual, so it comes off the savings, and it is shown as ``judging_usd``.
 
 Sums and counts are aggregated in SQL (SQLite or PostgreSQL); latency percentiles need the latencies of the
 range's answered, non-cached calls, read as one float column.
@@ -28,6 +29,7 @@ import sqlalchemy as sa
 from router_ml.pricing import UnknownModelError, price_of
 from router_ml.calllog.store import calls
 from router_ml.clock import as_utc
+from router_ml.online.estimate import quality_share
 
 BUCKET_SECONDS = {"minute": 60, "hour": 3600, "day": 86400}
 DEFAULT_SPAN = {"minute": timedelta(hours=1), "hour": timedelta(hours=24), "day": timedelta(days=30)}
@@ -86,26 +88,33 @@ class _Group:
     output_tokens: int
     cost_usd: float
     saved_usd: float
+    judging: bool
 
 
 def _numbers(row) -> _Group:
     """A grouped row with plain numbers (PostgreSQL sums integers as Decimal)."""
     return _Group(int(row.bucket), row.tenant, row.model, row.status, bool(row.hit), int(row.n),
                   int(row.input_tokens or 0), int(row.output_tokens or 0), float(row.cost_usd or 0.0),
-                  float(row.saved_usd or 0.0))
+                  float(row.saved_usd or 0.0), bool(row.judging))
 
 
 class _Sums:
     """Running sums of one group of calls (a bucket, a model, a tenant, or all)."""
 
     __slots__ = ("requests", "ok", "errors", "input_tokens", "output_tokens", "spend_usd", "reference_usd",
-                 "cache_hits", "cache_saved_usd")
+                 "cache_hits", "cache_saved_usd", "judging_usd")
 
     def __init__(self) -> None:
         for name in self.__slots__:
             setattr(self, name, 0)
 
     def add(self, row: _Group, reference_usd: float) -> None:
+        if row.judging:  # shadow and judge calls: spend with no counterfactual, and no client's request
+            self.input_tokens += row.input_tokens
+            self.output_tokens += row.output_tokens
+            self.spend_usd += row.cost_usd
+            self.judging_usd += row.cost_usd
+            return
         self.requests += row.n
         if row.status == "ok":
             self.ok += row.n
@@ -128,7 +137,8 @@ class _Sums:
                 "spend_usd": self.spend_usd, "reference_usd": self.reference_usd, "saved_usd": saved,
                 "saved_fraction": _rate(saved, self.reference_usd),
                 "routing_saved_usd": saved - self.cache_saved_usd, "cache_saved_usd": self.cache_saved_usd,
-                "cache_hits": self.cache_hits, "cache_hit_rate": _rate(self.cache_hits, self.ok)}
+                "cache_hits": self.cache_hits, "cache_hit_rate": _rate(self.cache_hits, self.ok),
+                "judging_usd": self.judging_usd}
 
 
 def _reference_usd(row: _Group, reference: str | None) -> float | None:
@@ -170,16 +180,18 @@ def usage(engine: sa.Engine, scope: Scope, start: datetime, end: datetime, bucke
     seconds = BUCKET_SECONDS[bucket]
     bucket_of = _epoch_bucket(engine, seconds).label("bucket")
     hit = calls.c.cache.is_not(None).label("hit")
-    grouped = (sa.select(bucket_of, calls.c.tenant, calls.c.model, calls.c.status, hit,
+    judging = calls.c.kind.is_not(None).label("judging")
+    grouped = (sa.select(bucket_of, calls.c.tenant, calls.c.model, calls.c.status, hit, judging,
                          sa.func.count().label("n"),
                          sa.func.sum(calls.c.input_tokens).label("input_tokens"),
                          sa.func.sum(calls.c.output_tokens).label("output_tokens"),
                          sa.func.sum(calls.c.cost_usd).label("cost_usd"),
                          sa.func.sum(calls.c.saved_usd).label("saved_usd"))
                .where(*_where(scope, start, end))
-               .group_by(bucket_of, calls.c.tenant, calls.c.model, calls.c.status, hit))
+               .group_by(bucket_of, calls.c.tenant, calls.c.model, calls.c.status, hit, judging))
     timed = (sa.select(bucket_of, calls.c.tenant, calls.c.model, calls.c.latency_ms)
              .where(*_where(scope, start, end), calls.c.status == "ok", calls.c.cache.is_(None),
+                    calls.c.kind.is_(None),
                     calls.c.latency_ms.is_not(None)))
     errors = (sa.select(calls.c.ts, calls.c.tenant, calls.c.model, calls.c.http_status, calls.c.error)
               .where(*_where(scope, start, end), calls.c.status == "error")
@@ -240,3 +252,40 @@ def usage(engine: sa.Engine, scope: Scope, start: datetime, end: datetime, bucke
         "unpriced_reference": sorted(unpriced),
     }
 
+
+
+def quality(engine: sa.Engine, scope: Scope, start: datetime, end: datetime, confidence: float = 0.8) -> dict:
+    """The quality routed calls kept of the reference model's, from the shadow judge's verdicts in [start, end)
+    (:mod:`router_ml.serve.gateway.shadow`), with its interval (:func:`router_ml.online.estimate.quality_share`),
+    overall and per tenant, beside what the judging cost. Judged calls are a uniform sample of the calls that
+    another model than the reference answered, so ``judged_away`` is the share those calls kept; the calls the
+    reference answered keep all of its quality, so the share of the whole routed traffic is at least that (when
+    it is under 1)."""
+    verdicts = (sa.select(calls.c.tenant, calls.c.judge_routed, calls.c.judge_reference)
+                .where(*_where(scope, start, end), calls.c.kind == "judge", calls.c.status == "ok"))
+    judging = (sa.select(calls.c.tenant, sa.func.sum(calls.c.cost_usd).label("usd"))
+               .where(*_where(scope, start, end), calls.c.kind.is_not(None)).group_by(calls.c.tenant))
+    served = (sa.select(calls.c.tenant, sa.func.count().label("n"))
+              .where(*_where(scope, start, end), calls.c.kind.is_(None), calls.c.status == "ok",
+                     calls.c.routed.is_(True), calls.c.cache.is_(None))
+              .group_by(calls.c.tenant))
+    with engine.connect() as conn:
+        rows = conn.execute(verdicts).all()
+        cost = {r.tenant: float(r.usd or 0.0) for r in conn.execute(judging)}
+        routed = {r.tenant: int(r.n) for r in conn.execute(served)}
+    by_tenant: dict = defaultdict(list)
+    for row in rows:
+        by_tenant[row.tenant].append((row.judge_routed, row.judge_reference))
+
+    def estimate(pairs: list) -> dict:
+        if not pairs:
+            return quality_share([], [], confidence=confidence).as_dict()
+        values = np.array(pairs, dtype=float)
+        return quality_share(values[:, 0], values[:, 1], confidence=confidence).as_dict()
+
+    tenants = [{"tenant": tenant, "judged_calls": len(by_tenant.get(tenant, [])), "routed_calls": routed.get(tenant, 0),
+                "judging_usd": cost.get(tenant, 0.0), "judged_away": estimate(by_tenant.get(tenant, []))}
+               for tenant in sorted(set(by_tenant) | set(cost) | set(routed), key=str)]
+    return {"scope": {"tenant": scope.tenant, "admin": scope.admin}, "start": start.isoformat(), "end": end.isoformat(),
+            "confidence": confidence, "judged_calls": len(rows), "judging_usd": sum(cost.values()),
+            "judged_away": estimate([pair for pairs in by_tenant.values() for pair in pairs]), "tenants": tenants}

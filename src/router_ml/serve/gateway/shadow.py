@@ -1,0 +1,127 @@
+"""Shadow judging: after a client has its answer, a sampled share of routed calls is also sent to the tenant's
+reference model, and a judge (:mod:`router_ml.serve.gateway.judge`) scores the routed answer against the
+reference's. Both calls are logged as rows of their own (kind 'shadow' and 'judge', ``judges`` = the call's id),
+so that their cost counts against the savings and the judge's scores feed the quality estimate
+(:func:`router_ml.serve.observability.analytics.quality`).
+
+It never delays or changes an answer: the work runs in a task of its own, started after the call was logged.
+A call is considered when its tenant has a reference model the gateway serves and another model answered it;
+it is sampled with probability ``rate``, while the tenant's judging spend of the UTC day (in this process) is
+under ``cap_usd_day``. Calls answered from the cache and streamed calls are not judged yet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+import uuid
+from dataclasses import dataclass
+
+from router_ml.calllog.record import CallRecord
+from router_ml.clock import SYSTEM_CLOCK, Clock
+from router_ml.serve.gateway.judge import JudgeError, judge
+from router_ml.serve.providers.base import ProviderError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ShadowSettings:
+    """``judge_model``: a served model that judges; ``rate``: the share of eligible calls judged;
+    ``cap_usd_day``: a tenant's judging spend per UTC day; ``timeout_s``: per shadow or judge call."""
+
+    judge_model: str
+    rate: float = 0.03
+    cap_usd_day: float = 1.0
+    timeout_s: float = 60.0
+
+    def __post_init__(self):
+        if not 0 <= self.rate <= 1:
+            raise ValueError(f"shadow rate must be a share in [0, 1], not {self.rate}")
+        if self.cap_usd_day < 0:
+            raise ValueError(f"shadow cap_usd_day must be >= 0, not {self.cap_usd_day}")
+
+
+class ShadowJudge:
+    """Samples answered calls and judges them in background tasks (see the module docstring). ``cost(model,
+    usage)`` prices a call (None: unpriced); ``store`` receives the rows."""
+
+    def __init__(self, settings: ShadowSettings, providers: dict, store, cost, clock: Clock = SYSTEM_CLOCK,
+                 rng: random.Random | None = None):
+        if settings.judge_model not in providers:
+            raise ValueError(f"judge model {settings.judge_model!r} is not served here: {', '.join(providers)}")
+        self.settings, self.providers, self.store, self.cost, self.clock = settings, providers, store, cost, clock
+        self.rng = rng or random.Random()
+        self._spent: dict[tuple[str, str], float] = {}
+        self._tasks: set[asyncio.Task] = set()
+
+    def consider(self, call, answer) -> asyncio.Task | None:
+        """Start judging ``call`` (a :class:`~router_ml.serve.gateway.call.ChatCall`) answered by ``answer`` when it
+        is eligible and sampled; the task, or None."""
+        tenant = call.tenant
+        reference = tenant.reference_model if tenant is not None else None
+        if reference is None or reference not in self.providers or answer.model == reference:
+            return None
+        if self.rng.random() >= self.settings.rate or self._spent_today(tenant.name) >= self.settings.cap_usd_day:
+            return None
+        task = asyncio.get_running_loop().create_task(self._judge(call, answer, reference))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def drain(self) -> None:
+        """Wait for the judging in flight (at shutdown, and in tests)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    def _spent_today(self, tenant: str) -> float:
+        return self._spent.get((tenant, self.clock.now().date().isoformat()), 0.0)
+
+    def _add_spend(self, tenant: str, usd: float | None) -> None:
+        key = (tenant, self.clock.now().date().isoformat())
+        self._spent[key] = self._spent.get(key, 0.0) + (usd or 0.0)
+
+    async def _judge(self, call, answer, reference: str) -> None:
+        settings = self.settings
+        started = time.perf_counter()
+        try:
+            shadow = await asyncio.wait_for(self.providers[reference].complete(call.upstream_request(reference)),
+                                            settings.timeout_s)
+        except (ProviderError, TimeoutError) as exc:
+            self._log(call, reference, "shadow", started, error=f"reference answer failed: {exc}")
+            return
+        cost = self.cost(reference, shadow.usage)
+        self._add_spend(call.tenant.name, cost)
+        self._log(call, reference, "shadow", started, response=shadow.text, usage=shadow.usage, cost_usd=cost)
+        started = time.perf_counter()
+        try:
+            verdict = await judge(self.providers[settings.judge_model], settings.judge_model, call.prompt,
+                                  answer.result.text, shadow.text, settings.timeout_s)
+        except JudgeError as exc:
+            self._log(call, settings.judge_model, "judge", started, error=str(exc))
+            return
+        cost = self.cost(settings.judge_model, verdict.usage)
+        self._add_spend(call.tenant.name, cost)
+        self._log(call, settings.judge_model, "judge", started, usage=verdict.usage, cost_usd=cost,
+                  response=f"routed {verdict.routed:.3f}, reference {verdict.reference:.3f}, "
+                           f"{'consistent' if verdict.consistent else 'the two orders disagree'}",
+                  judge_routed=verdict.routed, judge_reference=verdict.reference)
+
+    def _log(self, call, model: str, kind: str, started: float, error: str | None = None, usage=None,
+             **fields) -> None:
+        record = CallRecord(call_id=uuid.uuid4().hex, prompt=call.prompt, model=model,
+                            status="error" if error else "ok", http_status=502 if error else 200,
+                            latency_ms=(time.perf_counter() - started) * 1000, tenant=call.tenant.name,
+                            messages=call.messages, error=error, kind=kind, judges=call.call_id,
+                            input_tokens=usage.input_tokens if usage else None,
+                            output_tokens=usage.output_tokens if usage else None, **fields)
+        if error:
+            logger.warning("shadow judging of call %s: %s", call.call_id, error)
+        if self.store is None:
+            return
+        try:
+            self.store.record(record)
+        except (ValueError, OSError) as exc:  # counted by the store as rejected
+            logger.error("shadow judging row of call %s not logged: %s", call.call_id, exc)

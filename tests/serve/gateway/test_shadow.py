@@ -1,0 +1,104 @@
+"""Shadow judging through the served app (router_ml.serve.gateway.shadow): a tenant whose reference model is GPT-4
+gets its answer from another model, then the reference answers the same prompt and a judge scores both; the call
+log holds the shadow and the judge rows, the usage report counts their cost against the savings and not as
+requests, and /v1/analytics/quality estimates the quality kept. The prompt is a real RouterBench MBPP prompt with
+the answers GPT-4 and Mistral 7B gave; the judge is a handler provider that grades by the recorded outcome."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import polars as pl
+import pytest
+
+from router_ml.calllog.store import CallStore
+from router_ml.data.importers import routerbench
+from router_ml.data.prepare import prepare
+from router_ml.data.report import ImportReport
+from router_ml.embed import StaticEncoder
+from router_ml.serve.app import create_app
+from router_ml.serve.gateway.shadow import ShadowSettings
+from router_ml.serve.providers.handler import HandlerProvider
+from router_ml.serve.tenancy.tenants import TenantStore
+from router_ml.train import TrainConfig, run
+
+REFERENCE, CHEAP, JUDGE = "gpt-4-1106-preview", "mistralai/mistral-7b-chat", "gpt-3.5-turbo-1106"
+
+
+@pytest.fixture(scope="module")
+def bundle(mini_files, static_encoder_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("shadow-bundle")
+    config = TrainConfig(name="shadow", router="linear", sources=["routerbench"], min_prompts=50, n_trials=0)
+    run(config, prepare(mini_files, ImportReport(), encoder=None), StaticEncoder(static_encoder_dir), out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def case(real_files) -> dict:
+    rows = routerbench.load(real_files, ImportReport())
+    wide = rows.filter(pl.col("model").is_in([REFERENCE, CHEAP]) & (pl.col("task") == "mbpp")).pivot(
+        "model", index=["prompt_id", "prompt"], values=["quality", "response"])
+    row = wide.filter((pl.col(f"quality_{REFERENCE}") == 1) & (pl.col(f"quality_{CHEAP}") == 0)).row(0, named=True)
+    return {"prompt": row["prompt"], "right": row[f"response_{REFERENCE}"], "wrong": row[f"response_{CHEAP}"]}
+
+
+def _judge(right: str):
+    def handler(request):
+        shown = request.messages[-1]["content"]
+        a, b = shown.split("[Answer A]\n", 1)[1].split("\n\n[Answer B]\n", 1)
+        return f'{{"score_a": {10 if a == right else 1}, "score_b": {10 if b == right else 1}, "reason": "r"}}'
+    return handler
+
+
+def test_a_routed_call_is_judged_after_its_answer_and_logged_apart(bundle, static_encoder_dir, tmp_path, case):
+    url = f"sqlite:///{tmp_path}/calls.db"
+    store, tenants = CallStore(url), TenantStore(url)
+    tenants.create_tenant("acme", reference_model=REFERENCE)
+    key = tenants.issue_key("acme")
+    answers = {REFERENCE: case["right"], CHEAP: case["wrong"]}
+    providers = {m: HandlerProvider(lambda r, m=m: answers.get(m, "unused")) for m in (REFERENCE, CHEAP)}
+    providers[JUDGE] = HandlerProvider(_judge(case["right"]))
+    app = create_app(bundle, providers, store=store, encoder=StaticEncoder(static_encoder_dir), tenants=tenants,
+                     shadow=ShadowSettings(JUDGE, rate=1.0))
+    body = {"model": CHEAP, "messages": [{"role": "user", "content": case["prompt"]}]}
+
+    async def go():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway") as client:
+            headers = {"authorization": f"Bearer {key}"}
+            answered = await client.post("/v1/chat/completions", headers=headers, json=body)
+            by_reference = await client.post("/v1/chat/completions", headers=headers, json={**body, "model": REFERENCE})
+            await app.state.shadow.drain()
+            usage = await client.get("/v1/analytics/usage", headers=headers, params={"bucket": "day"})
+            quality = await client.get("/v1/analytics/quality", headers=headers)
+            return answered, by_reference, usage, quality
+
+    answered, by_reference, usage, quality = asyncio.run(go())
+    assert answered.status_code == 200 and answered.json()["choices"][0]["message"]["content"] == case["wrong"]
+    call_id = answered.json()["router_ml"]["call_id"]
+    store.flush()
+    rows = pl.read_database("SELECT call_id, model, kind, judges, judge_routed, judge_reference, cost_usd "
+                            "FROM calls", store.engine)
+    judging = rows.filter(pl.col("kind").is_not_null())
+    assert sorted(judging["kind"].to_list()) == ["judge", "shadow"]  # the reference's own answer is not judged
+    assert set(judging["judges"]) == {call_id}
+    verdict = judging.filter(pl.col("kind") == "judge").row(0, named=True)
+    assert (verdict["model"], verdict["judge_routed"], verdict["judge_reference"]) == (JUDGE, 0.0, 1.0)
+    assert len(providers[JUDGE].requests) == 2  # both orders
+    totals = usage.json()["totals"]
+    assert totals["requests"] == 2 and totals["judging_usd"] == pytest.approx(judging["cost_usd"].sum())
+    assert totals["judging_usd"] > 0
+    assert totals["spend_usd"] == pytest.approx(rows["cost_usd"].sum())  # judging is spend: it comes off the savings
+    report = quality.json()
+    assert report["judged_calls"] == 1 and report["judged_away"]["share"] == 0.0
+    assert report["tenants"][0]["tenant"] == "acme" and report["tenants"][0]["judging_usd"] == totals["judging_usd"]
+    store.close()
+    tenants.close()
+
+
+def test_no_judging_without_a_reference_or_a_sample_and_bad_settings_are_refused():
+    with pytest.raises(ValueError, match="shadow rate"):
+        ShadowSettings(JUDGE, rate=1.5)
+    with pytest.raises(ValueError, match="judge model 'gpt-9' is not served"):
+        from router_ml.serve.gateway.shadow import ShadowJudge
+        ShadowJudge(ShadowSettings("gpt-9"), {CHEAP: None}, None, lambda m, u: 0.0)
