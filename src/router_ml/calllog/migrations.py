@@ -232,10 +232,10 @@ _calls_0005 = sa.Table("calls", sa.MetaData(), sa.Column("tenant", sa.String(200
 _indexes_0005 = (sa.Index("calls_tenant_ts", _calls_0005.c.tenant, _calls_0005.c.ts),
                  sa.Index("calls_ts", _calls_0005.c.ts))
 
-# 0006: the model a budget-degraded call was degraded from (the gateway's first choice).
+# 0006, commit aacd28c: the model a budget-degraded call was degraded from (the gateway's first choice).
 _calls_0006 = sa.Table("calls", sa.MetaData(), sa.Column("degraded_from", sa.String(200)))
 
-# 0007: shadow judging. ``kind`` is null for a client's call, 'shadow' for the reference model's answer to a
+# 0007, commit 57619b3: shadow judging. ``kind`` is null for a client's call, 'shadow' for the reference model's answer to a
 # sampled call and 'judge' for the judge's verdict on it; ``judges`` is the call id they are about; the judge row
 # holds the scores of the routed and of the reference answer in [0, 1].
 _calls_0007 = sa.Table("calls", sa.MetaData(), sa.Column("kind", sa.String(16)), sa.Column("judges", sa.String(64)),
@@ -248,7 +248,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(4, "api_keys_rate_limits", "69c40ef", (AddColumns(_api_keys_0004),)),
     Migration(5, "calls_time_indexes", "b5eb8f3", (AddIndexes(_indexes_0005),)),
     Migration(6, "calls_degraded_from", "aacd28c", (AddColumns(_calls_0006),)),
-    Migration(7, "calls_shadow_judging", "issue 14", (AddColumns(_calls_0007),)),
+    Migration(7, "calls_shadow_judging", "57619b3", (AddColumns(_calls_0007),)),
 )
 
 
