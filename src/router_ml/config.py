@@ -74,6 +74,10 @@ class Settings(BaseSettings):
     shadow_cap_usd_day: float = 1.0
     """With a judge model: a tenant's shadow and judge spend per UTC day (per process) beyond which no call is
     judged."""
+    online_target: float | None = None
+    """With a judge model: route each tenant that has a reference model at its online operating point, which keeps
+    the lower bound of the judged quality share at this share of the reference's (serve/gateway/steering.py);
+    unset: the bundle's calibrated policy."""
     mlflow_uri: str = f"sqlite:///{PROJECT_ROOT / 'mlruns' / 'mlflow.db'}"
     """MLflow tracking store: a local SQLite file by default."""
     mlflow_artifacts: Path = PROJECT_ROOT / "mlruns" / "artifacts"

@@ -235,9 +235,9 @@ _indexes_0005 = (sa.Index("calls_tenant_ts", _calls_0005.c.tenant, _calls_0005.c
 # 0006, commit aacd28c: the model a budget-degraded call was degraded from (the gateway's first choice).
 _calls_0006 = sa.Table("calls", sa.MetaData(), sa.Column("degraded_from", sa.String(200)))
 
-# 0007, commit 57619b3: shadow judging. ``kind`` is null for a client's call, 'shadow' for the reference model's answer to a
-# sampled call and 'judge' for the judge's verdict on it; ``judges`` is the call id they are about; the judge row
-# holds the scores of the routed and of the reference answer in [0, 1].
+# 0007, commit 57619b3: shadow judging. ``kind`` is null for a client's call, 'shadow' for an answer asked for
+# judging a sampled call, 'judge' and 'probe' for the judge's verdicts on the served answer and on a probe's;
+# ``judges`` is the call id they are about; a verdict row holds the two scores in [0, 1].
 _calls_0007 = sa.Table("calls", sa.MetaData(), sa.Column("kind", sa.String(16)), sa.Column("judges", sa.String(64)),
                        sa.Column("judge_routed", sa.Float), sa.Column("judge_reference", sa.Float))
 

@@ -73,7 +73,9 @@ STATUSES = ("ok", "error")
 EXTRA_COLUMNS = ("call_id", "status", "error", "http_status", "bundle_version", "routed", "policy", "feedback_at",
                  "cache", "saved_usd", "degraded_from", "kind", "judges", "judge_routed", "judge_reference")
 ALL_COLUMNS = tuple(c.name for c in schema.COLUMNS) + EXTRA_COLUMNS
-KINDS = (None, "shadow", "judge")  # a client's call; the reference's answer to a judged call; the judge's verdict
+# a client's call; an answer asked for judging (the reference's, a probe's); the verdict on the served answer, on a
+# probe's answer
+KINDS = (None, "shadow", "judge", "probe")
 # Fields a caller must give for every call; an 'ok' call must give every non-null outcomes column
 # except those the store derives (prompt_id, group_id from the prompt; source, flags by default).
 _DERIVED = {"prompt_id", "group_id", "source", "flags"}
@@ -124,7 +126,7 @@ calls = sa.Table(
     sa.Column("cache", sa.String(16)),  # 'exact' or 'semantic' when the answer came from the response cache
     sa.Column("saved_usd", sa.Float),  # for a cache hit: what the original call cost
     sa.Column("degraded_from", sa.String(200)),  # over budget: the model the gateway chose before degrading
-    sa.Column("kind", sa.String(16)),  # null: a client's call; 'shadow' or 'judge': the judging of call ``judges``
+    sa.Column("kind", sa.String(16)),  # null: a client's call; 'shadow', 'judge', 'probe': the judging of ``judges``
     sa.Column("judges", sa.String(64)),
     sa.Column("judge_routed", sa.Float),  # a judge row: the routed answer's score in [0, 1]
     sa.Column("judge_reference", sa.Float),  # and the reference answer's

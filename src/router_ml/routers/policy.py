@@ -105,15 +105,20 @@ class Policy(BaseModel):
     - ``lam``: maximize predicted quality - ``lam`` x predicted cost in USD (``choose``);
     - ``max_cost``: only models predicted to cost at most this (USD per call); where none does, the cheapest
       allowed one;
-    - ``models``: only these models.
+    - ``models``: only these models;
+    - ``reference`` and ``margin``: the cheapest model predicted within ``margin`` of the ``reference`` model's
+      predicted quality (``choose_near_reference``; the online operating point sets both).
 
-    Without ``quality`` or ``lam`` the bundle's calibrated rule applies, whichever it is (``Calibration``).
+    Without ``quality``, ``lam`` or ``margin`` the bundle's calibrated rule applies, whichever it is
+    (``Calibration``).
     """
 
     quality: float | None = Field(default=None, gt=0, le=1)
     lam: float | None = Field(default=None, ge=0)
     max_cost: float | None = Field(default=None, gt=0)
     models: list[str] | None = None
+    reference: str | None = None
+    margin: float | None = None
 
 
 def allowed_mask(policy: Policy, models: Sequence[str], cost: np.ndarray) -> np.ndarray:
@@ -142,6 +147,11 @@ def choose_for(policy: Policy, predicted_quality: np.ndarray, cost: np.ndarray, 
     predicted_quality = np.atleast_2d(np.asarray(predicted_quality, dtype=float))
     cost = np.atleast_2d(np.asarray(cost, dtype=float))
     allowed = allowed_mask(policy, models, cost)
+    if policy.margin is not None:
+        if policy.reference not in models:
+            raise ValueError(f"a margin needs a reference model of the router bundle, not {policy.reference!r}")
+        return choose_near_reference(predicted_quality, cost, list(models).index(policy.reference), policy.margin,
+                                     allowed), allowed
     if policy.quality is not None:
         return choose_share(predicted_quality, cost, policy.quality, allowed), allowed
     if policy.lam is not None:

@@ -19,7 +19,7 @@ MAX_BODY_BYTES = 16 << 20  # a long-context request with images stays well below
 
 def create_app(bundle_dir: Path | BundleHolder, providers: dict, store=None, encoder=None,
                max_body_bytes: int = MAX_BODY_BYTES, tenants=None, admin_key: str | None = None,
-               limits=None, cache=None, clock: Clock = SYSTEM_CLOCK, shadow=None) -> FastAPI:
+               limits=None, cache=None, clock: Clock = SYSTEM_CLOCK, shadow=None, steering=None) -> FastAPI:
     """An app routing with the bundle in ``bundle_dir`` (a directory, or a
     :class:`~router_ml.serve.state.BundleHolder` already loaded, so that a caller that needed the bundle first does
     not load it twice; ``encoder`` then belongs to the holder); ``providers`` maps each served model name to the
@@ -31,7 +31,9 @@ def create_app(bundle_dir: Path | BundleHolder, providers: dict, store=None, enc
     :class:`~router_ml.serve.gateway.cache.ResponseCache`) answers repeated requests of a tenant. ``clock``
     (:mod:`router_ml.clock`) is "now" for the analytics (ranges, forecasts, budget outlooks); give the store, the
     tenants and the limits the same one (their ``clock=``), as :func:`router_ml.serve.main.build_app` does.
-    ``shadow`` (:class:`~router_ml.serve.gateway.shadow.ShadowSettings`) turns on shadow judging."""
+    ``shadow`` (:class:`~router_ml.serve.gateway.shadow.ShadowSettings`) turns on shadow judging, and ``steering``
+    (a :class:`~router_ml.serve.gateway.steering.Steering`, which needs it) routes tenants with a reference model at
+    their online operating point."""
     app = FastAPI(title="router-ml", version="0.1.0")
     app.add_middleware(errors.BodyLimit, limit=max_body_bytes)
     if isinstance(bundle_dir, BundleHolder):
@@ -50,10 +52,13 @@ def create_app(bundle_dir: Path | BundleHolder, providers: dict, store=None, enc
     app.state.metrics = Metrics(app.state.providers, app.state.bundles)
     if hasattr(store, "watch"):  # a CallStore: its rejected, lost and dead-lettered rows reach /metrics
         app.state.metrics.watch_store(store)
-    app.state.shadow = (ShadowJudge(shadow, app.state.providers, store, call_cost, clock)
+    if steering is not None and shadow is None:
+        raise ValueError("online steering needs shadow judging: give create_app shadow=ShadowSettings(judge model)")
+    app.state.steering = steering
+    app.state.shadow = (ShadowJudge(shadow, app.state.providers, store, call_cost, clock, steering=steering)
                         if shadow is not None else None)
     app.state.gateway = Gateway(app.state.bundles, app.state.providers, store=store, metrics=app.state.metrics,
-                                limits=limits, cache=cache, shadow=app.state.shadow)
+                                limits=limits, cache=cache, shadow=app.state.shadow, steering=steering)
     app.add_middleware(RequestMetrics, metrics=app.state.metrics, routes=app.routes)  # outermost: counts 413s
     errors.install(app)
     for area in (meta, route, chat, feedback, admin, analytics, metrics, dashboard):

@@ -92,6 +92,7 @@ def build_app():
     from router_ml.clock import SYSTEM_CLOCK
     from router_ml.serve.app import create_app
     from router_ml.serve.gateway.shadow import ShadowSettings
+    from router_ml.serve.gateway.steering import Steering
     from router_ml.serve.tenancy.limits import limits_for
     from router_ml.serve.state import BundleHolder, watch
     from router_ml.calllog.store import CallStore
@@ -109,8 +110,12 @@ def build_app():
     cache = response_cache(settings, lambda texts: app.state.bundles.current.encoder.encode(texts))
     shadow = (ShadowSettings(settings.judge_model, settings.shadow_rate, settings.shadow_cap_usd_day)
               if settings.judge_model else None)
+    if settings.online_target is not None and shadow is None:
+        raise ValueError("ROUTER_ML_ONLINE_TARGET needs a judge: set ROUTER_ML_JUDGE_MODEL to a served model")
+    steering = Steering(settings.online_target) if settings.online_target is not None else None
     app = create_app(bundles, providers_for(models, settings, pool), store=store, tenants=tenants,
-                     admin_key=settings.admin_key, limits=limits, cache=cache, clock=clock, shadow=shadow)
+                     admin_key=settings.admin_key, limits=limits, cache=cache, clock=clock, shadow=shadow,
+                     steering=steering)
 
     @asynccontextmanager
     async def lifespan(app):

@@ -18,6 +18,8 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
 
+import numpy as np
+
 from router_ml.bundle import Bundle, Decision
 from router_ml.calllog.record import CLIENT_CLOSED, CallRecord
 from router_ml.pricing import cost_usd_if_priced
@@ -56,6 +58,7 @@ class ChatCall:
     candidates: list[str]
     admission: Admission = field(default_factory=lambda: Admission([]))
     started: float = field(default_factory=time.perf_counter)
+    probes: dict[int, str] = field(default_factory=dict)  # online steering: level -> the model it would serve
 
     @property
     def messages(self) -> list[dict]:
@@ -142,9 +145,10 @@ class Gateway:
     """The chat path over the app's parts: the bundles, the providers (model -> provider), the call log, the
     metrics, and optionally the tenants' limits, the response cache and shadow judging."""
 
-    def __init__(self, bundles, providers: dict, store=None, metrics=None, limits=None, cache=None, shadow=None):
+    def __init__(self, bundles, providers: dict, store=None, metrics=None, limits=None, cache=None, shadow=None,
+                 steering=None):
         self.bundles, self.providers, self.store = bundles, providers, store
-        self.metrics, self.limits, self.cache, self.shadow = metrics, limits, cache, shadow
+        self.metrics, self.limits, self.cache, self.shadow, self.steering = metrics, limits, cache, shadow, steering
 
     # ----------------------------------------------------------------- before any upstream call
     def plan(self, tenant: Tenant | None, request: ChatRequest, routed: Policy | None, override: Policy | None,
@@ -154,7 +158,7 @@ class Gateway:
         routing and budgets read."""
         bundle = self.bundles.current  # one bundle for the whole call, whatever a reload does meanwhile
         input_tokens = count_tokens(prompt)  # once: routing and the budget reservation both need it
-        decision = None
+        decision, probes = None, {}
         if routed is None:
             check_model(tenant, request.model)
             if request.model not in self.providers:
@@ -164,13 +168,30 @@ class Gateway:
         else:
             if override is not None:
                 routed = Policy(**{**routed.model_dump(exclude_none=True), **override.model_dump(exclude_none=True)})
-            decision = self.decide(bundle, prompt, input_tokens, effective_policy(tenant, routed, bundle.models))
+            policy = self._steered(tenant, bundle, effective_policy(tenant, routed, bundle.models))
+            decision = self.decide(bundle, prompt, input_tokens, policy)
             candidates = [m for m in decision.ranking if m in self.providers]
+            if policy.margin is not None and self.steering is not None:
+                reference = bundle.models.index(policy.reference)
+                quality = np.array([p["quality"] for p in decision.predicted])
+                cost = np.array([p["cost_usd"] for p in decision.predicted])
+                probes = {level: bundle.models[m]
+                          for level, m in self.steering.probes(tenant.name, reference, quality, cost).items()}
         if not candidates:
             raise NoCandidates("no provider serves any model the policy allows")
-        policy = override.model_dump(exclude_none=True) if override is not None else None
-        return ChatCall(uuid.uuid4().hex, tenant, prompt, request, policy, stream, bundle,
-                        input_tokens, decision, candidates, Admission(candidates[:MAX_ATTEMPTS]))
+        asked = override.model_dump(exclude_none=True) if override is not None else None
+        return ChatCall(uuid.uuid4().hex, tenant, prompt, request, asked, stream, bundle, input_tokens, decision,
+                        candidates, Admission(candidates[:MAX_ATTEMPTS]), probes=probes)
+
+    def _steered(self, tenant: Tenant | None, bundle: Bundle, policy: Policy) -> Policy:
+        """``policy`` at the tenant's online operating point (:mod:`router_ml.serve.gateway.steering`) when steering
+        is on, the tenant's reference model is one of the bundle's, and neither the tenant nor the request chose
+        another objective."""
+        if (self.steering is None or tenant is None or tenant.reference_model not in bundle.models
+                or any(v is not None for v in (policy.quality, policy.lam, policy.margin))):
+            return policy
+        return policy.model_copy(update={"reference": tenant.reference_model,
+                                         "margin": self.steering.margin(tenant.name)})
 
     @staticmethod
     def decide(bundle: Bundle, prompt: str, input_tokens: int, policy: Policy, param: str = "router_ml") -> Decision:

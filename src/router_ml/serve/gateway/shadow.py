@@ -1,13 +1,17 @@
 """Shadow judging: after a client has its answer, a sampled share of routed calls is also sent to the tenant's
 reference model, and a judge (:mod:`router_ml.serve.gateway.judge`) scores the routed answer against the
-reference's. Both calls are logged as rows of their own (kind 'shadow' and 'judge', ``judges`` = the call's id),
-so that their cost counts against the savings and the judge's scores feed the quality estimate
-(:func:`router_ml.serve.observability.analytics.quality`).
+reference's. Every extra answer is logged as a row of kind 'shadow', the verdict on the served answer as kind
+'judge' (``judges`` = the call's id), so that their cost counts against the savings and the judge's scores feed
+the quality estimate (:func:`router_ml.serve.observability.analytics.quality`).
+
+With online steering (:mod:`router_ml.serve.gateway.steering`) a call also carries *probes*: the models the
+levels near the tenant's operating point would have served. Those answers are asked for and judged against the
+reference's too (verdicts of kind 'probe'), and every level's label goes to the tenant's operating point.
 
 It never delays or changes an answer: the work runs in a task of its own, started after the call was logged.
-A call is considered when its tenant has a reference model the gateway serves and another model answered it;
-it is sampled with probability ``rate``, while the tenant's judging spend of the UTC day (in this process) is
-under ``cap_usd_day``. Calls answered from the cache and streamed calls are not judged yet.
+A call is considered when its tenant has a reference model the gateway serves and another model answered it or
+a probe would; it is sampled with probability ``rate``, while the tenant's judging spend of the UTC day (in this
+process) is under ``cap_usd_day``. Calls answered from the cache and streamed calls are not judged yet.
 """
 
 from __future__ import annotations
@@ -49,11 +53,11 @@ class ShadowJudge:
     usage)`` prices a call (None: unpriced); ``store`` receives the rows."""
 
     def __init__(self, settings: ShadowSettings, providers: dict, store, cost, clock: Clock = SYSTEM_CLOCK,
-                 rng: random.Random | None = None):
+                 rng: random.Random | None = None, steering=None):
         if settings.judge_model not in providers:
             raise ValueError(f"judge model {settings.judge_model!r} is not served here: {', '.join(providers)}")
         self.settings, self.providers, self.store, self.cost, self.clock = settings, providers, store, cost, clock
-        self.rng = rng or random.Random()
+        self.rng, self.steering = rng or random.Random(), steering
         self._spent: dict[tuple[str, str], float] = {}
         self._tasks: set[asyncio.Task] = set()
 
@@ -62,8 +66,10 @@ class ShadowJudge:
         is eligible and sampled; the task, or None."""
         tenant = call.tenant
         reference = tenant.reference_model if tenant is not None else None
-        if reference is None or reference not in self.providers or answer.model == reference:
+        if reference is None or reference not in self.providers:
             return None
+        if answer.model == reference and all(m == reference for m in call.probes.values()):
+            return None  # nothing to compare
         if self.rng.random() >= self.settings.rate or self._spent_today(tenant.name) >= self.settings.cap_usd_day:
             return None
         task = asyncio.get_running_loop().create_task(self._judge(call, answer, reference))
@@ -83,31 +89,59 @@ class ShadowJudge:
         key = (tenant, self.clock.now().date().isoformat())
         self._spent[key] = self._spent.get(key, 0.0) + (usd or 0.0)
 
-    async def _judge(self, call, answer, reference: str) -> None:
-        settings = self.settings
+    async def _answer(self, call, model: str) -> str | None:
+        """``model``'s answer to the call, logged as a shadow row; None when it failed (logged too)."""
         started = time.perf_counter()
         try:
-            shadow = await asyncio.wait_for(self.providers[reference].complete(call.upstream_request(reference)),
-                                            settings.timeout_s)
+            result = await asyncio.wait_for(self.providers[model].complete(call.upstream_request(model)),
+                                            self.settings.timeout_s)
         except (ProviderError, TimeoutError) as exc:
-            self._log(call, reference, "shadow", started, error=f"reference answer failed: {exc}")
-            return
-        cost = self.cost(reference, shadow.usage)
+            self._log(call, model, "shadow", started, error=f"{model} answer failed: {exc!r}")
+            return None
+        cost = self.cost(model, result.usage)
         self._add_spend(call.tenant.name, cost)
-        self._log(call, reference, "shadow", started, response=shadow.text, usage=shadow.usage, cost_usd=cost)
-        started = time.perf_counter()
+        self._log(call, model, "shadow", started, response=result.text, usage=result.usage, cost_usd=cost)
+        return result.text
+
+    async def _verdict(self, call, kind: str, graded: str, reference: str):
+        """The judge's Judgment of ``graded`` against ``reference``, logged as a row of ``kind``; None on failure."""
+        settings, started = self.settings, time.perf_counter()
         try:
-            verdict = await judge(self.providers[settings.judge_model], settings.judge_model, call.prompt,
-                                  answer.result.text, shadow.text, settings.timeout_s)
+            verdict = await judge(self.providers[settings.judge_model], settings.judge_model, call.prompt, graded,
+                                  reference, settings.timeout_s)
         except JudgeError as exc:
-            self._log(call, settings.judge_model, "judge", started, error=str(exc))
-            return
+            self._log(call, settings.judge_model, kind, started, error=str(exc))
+            return None
         cost = self.cost(settings.judge_model, verdict.usage)
         self._add_spend(call.tenant.name, cost)
-        self._log(call, settings.judge_model, "judge", started, usage=verdict.usage, cost_usd=cost,
+        self._log(call, settings.judge_model, kind, started, usage=verdict.usage, cost_usd=cost,
                   response=f"routed {verdict.routed:.3f}, reference {verdict.reference:.3f}, "
                            f"{'consistent' if verdict.consistent else 'the two orders disagree'}",
                   judge_routed=verdict.routed, judge_reference=verdict.reference)
+        return verdict
+
+    async def _judge(self, call, answer, reference: str) -> None:
+        served = answer.model
+        answers = {served: answer.result.text}
+        for model in {reference, *call.probes.values()} - {served}:
+            answers[model] = await self._answer(call, model)
+        if answers[reference] is None:
+            return
+        verdicts = {}  # model -> (its score, the reference's score in the same comparison)
+        for model in sorted(m for m in answers if m != reference and answers[m] is not None):
+            verdict = await self._verdict(call, "judge" if model == served else "probe", answers[model],
+                                          answers[reference])
+            if verdict is not None:
+                verdicts[model] = (verdict.routed, verdict.reference)
+        if self.steering is None or not call.probes or not verdicts:
+            return
+        reference_score = next(iter(verdicts.values()))[1]  # a level that serves the reference keeps its score
+        for level, model in call.probes.items():
+            same = (reference_score, reference_score) if model == reference else (None, None)
+            routed, ref = verdicts.get(model, same)
+            if routed is not None:
+                self.steering.label(call.tenant.name, level, routed, ref, 1.0 / self.settings.rate)
+        self.steering.update(call.tenant.name, time.time())
 
     def _log(self, call, model: str, kind: str, started: float, error: str | None = None, usage=None,
              **fields) -> None:

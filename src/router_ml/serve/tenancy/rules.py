@@ -5,7 +5,7 @@ from __future__ import annotations
 from router_ml.routers.policy import Policy
 from router_ml.serve.tenancy.tenants import Tenant
 
-_OBJECTIVES = ("quality", "lam")  # one objective: a request that picks either replaces the tenant's
+_OBJECTIVES = ("quality", "lam", "margin", "reference")  # one objective: a request that picks one replaces the tenant's
 
 
 class NotAllowed(Exception):
@@ -24,8 +24,9 @@ def check_model(tenant: Tenant | None, model: str, param: str = "model") -> None
 
 def effective_policy(tenant: Tenant | None, requested: Policy, bundle_models: list[str],
                      param: str = "router_ml") -> Policy:
-    """The tenant's default policy overridden by the request's fields (``quality`` and ``lam`` count as one:
-    a request setting either drops both of the tenant's), confined to the tenant's allowed models."""
+    """The tenant's default policy overridden by the request's fields (``quality``, ``lam`` and ``margin`` with its
+    ``reference`` count as one objective: a request setting one drops the tenant's), confined to the tenant's
+    allowed models."""
     if tenant is None:
         return requested
     asked = requested.model_dump(exclude_none=True)

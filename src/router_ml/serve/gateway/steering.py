@@ -1,0 +1,70 @@
+"""The online operating point in the gateway: per tenant with a reference model, routed calls are chosen by
+:func:`~router_ml.routers.policy.choose_near_reference` at the margin of the tenant's
+:class:`~router_ml.online.controller.OperatingPoint`, which the shadow judge's verdicts move
+(:mod:`router_ml.serve.gateway.shadow`).
+
+A tenant starts at the reference alone. Its ladder of margins is placed on the router's predictions for its first
+``ladder_calls`` routed calls (:func:`~router_ml.online.controller.ladder`: rungs where 5%, 10%, 20% ... of its
+traffic would leave the reference); from then on, every routed call also says which model each level near the
+current one would have chosen (the *probes* the shadow judge grades), so that the cheaper levels gather labels
+while the current one serves. The state lives in this process: each worker steers on its own labels, and a
+restart starts again from the reference.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import numpy as np
+
+from router_ml.online.controller import AWAY_SHARES, OperatingPoint, ladder
+from router_ml.routers.policy import choose_near_reference
+
+logger = logging.getLogger(__name__)
+
+
+class Steering:
+    """The operating points of the tenants (see the module docstring)."""
+
+    def __init__(self, target: float = 0.95, confidence: float = 0.8, min_labels: int = 20, probe_levels: int = 3,
+                 ladder_calls: int = 100, away_shares=AWAY_SHARES):
+        self.target, self.confidence, self.min_labels = target, confidence, min_labels
+        self.probe_levels, self.ladder_calls, self.away_shares = probe_levels, ladder_calls, away_shares
+        self.points: dict[str, OperatingPoint] = {}
+        self._seen: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+
+    def margin(self, tenant: str) -> float:
+        """The tenant's current margin: -inf (the reference alone) until its ladder is placed."""
+        point = self.points.get(tenant)
+        return point.margin if point is not None else -math.inf
+
+    def probes(self, tenant: str, reference: int, quality: np.ndarray, cost: np.ndarray) -> dict[int, int]:
+        """{level: model index} for the current level and the cheaper ones graded with it, for one routed call's
+        predictions (``quality``, ``cost`` per model); before the ladder is placed, the call's predictions go to
+        placing it and nothing is probed."""
+        point = self.points.get(tenant)
+        if point is None:
+            seen = self._seen.setdefault(tenant, [])
+            seen.append((np.asarray(quality, dtype=float), np.asarray(cost, dtype=float)))
+            if len(seen) >= self.ladder_calls:
+                qualities, costs = np.stack([q for q, _ in seen]), np.stack([c for _, c in seen])
+                margins = ladder(qualities, costs, reference, self.away_shares)
+                self.points[tenant] = OperatingPoint(target=self.target, confidence=self.confidence,
+                                                     margins=margins, min_labels=self.min_labels)
+                del self._seen[tenant]
+                logger.info("tenant %s: operating point ladder placed at margins %s", tenant, margins)
+            return {}
+        top = len(point.margins) - 1
+        return {level: int(choose_near_reference(quality[None], cost[None], reference, point.margins[level])[0])
+                for level in range(point.level, min(top, point.level + self.probe_levels) + 1)}
+
+    def label(self, tenant: str, level: int, routed: float, reference: float, weight: float) -> None:
+        self.points[tenant].observe(level, routed, reference, weight=weight)
+
+    def update(self, tenant: str, at: float):
+        """Move the tenant's operating point if its labels say so; the change (logged), or None."""
+        change = self.points[tenant].update(at)
+        if change is not None:
+            logger.info("tenant %s: operating point %d -> %d: %s", tenant, change.old, change.new, change.reason)
+        return change
