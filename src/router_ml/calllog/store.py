@@ -135,6 +135,15 @@ calls = sa.Table(
     sa.Index("calls_tenant_ts", "tenant", "ts"),  # a tenant's spend in a budget period, its analytics and forecast
     sa.Index("calls_ts", "ts"),  # analytics over every tenant in a time range
 )
+# Each tenant's online operating point (router_ml.online.controller.OperatingPoint.state(), as JSON), so that a
+# restart resumes where the labels had taken it (router_ml.calllog.operating_points).
+operating_points = sa.Table(
+    "operating_points",
+    metadata,
+    sa.Column("tenant", sa.String(200), primary_key=True),
+    sa.Column("state", sa.Text, nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)
 
 
 class _Flush:

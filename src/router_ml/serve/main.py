@@ -93,6 +93,7 @@ def build_app():
     from router_ml.serve.app import create_app
     from router_ml.serve.gateway.shadow import ShadowSettings
     from router_ml.serve.gateway.steering import Steering
+    from router_ml.calllog import operating_points
     from router_ml.serve.tenancy.limits import limits_for
     from router_ml.serve.state import BundleHolder, watch
     from router_ml.calllog.store import CallStore
@@ -112,7 +113,11 @@ def build_app():
               if settings.judge_model else None)
     if settings.online_target is not None and shadow is None:
         raise ValueError("ROUTER_ML_ONLINE_TARGET needs a judge: set ROUTER_ML_JUDGE_MODEL to a served model")
-    steering = Steering(settings.online_target) if settings.online_target is not None else None
+    steering = None
+    if settings.online_target is not None:
+        steering = Steering(settings.online_target,
+                            saver=lambda tenant, state: operating_points.save(store.engine, tenant, state, clock))
+        steering.restore(operating_points.load(store.engine))
     app = create_app(bundles, providers_for(models, settings, pool), store=store, tenants=tenants,
                      admin_key=settings.admin_key, limits=limits, cache=cache, clock=clock, shadow=shadow,
                      steering=steering)

@@ -11,6 +11,7 @@ import httpx
 import polars as pl
 import pytest
 
+from router_ml.calllog import operating_points
 from router_ml.calllog.store import CallStore
 from router_ml.data.prepare import prepare
 from router_ml.data.report import ImportReport
@@ -43,7 +44,8 @@ def _serve(trained, static_encoder_dir, tmp_path, verdict, calls: int):
     key = tenants.issue_key("acme")
     providers = {m: HandlerProvider(lambda r, m=m: f"the answer of {m}") for m in models}
     providers[JUDGE] = HandlerProvider(verdict)
-    steering = Steering(target=0.9, min_labels=5, ladder_calls=10, probe_levels=20)
+    steering = Steering(target=0.9, min_labels=5, ladder_calls=10, probe_levels=20,
+                        saver=lambda tenant, state: operating_points.save(store.engine, tenant, state))
     app = create_app(directory, providers, store=store, encoder=StaticEncoder(static_encoder_dir), tenants=tenants,
                      shadow=ShadowSettings(JUDGE, rate=1.0, cap_usd_day=100.0), steering=steering)
 
@@ -62,9 +64,10 @@ def _serve(trained, static_encoder_dir, tmp_path, verdict, calls: int):
     served = asyncio.run(go())
     store.flush()
     kinds = pl.read_database("SELECT kind FROM calls WHERE kind IS NOT NULL", store.engine)["kind"].to_list()
+    saved = operating_points.load(store.engine)
     store.close()
     tenants.close()
-    return served, steering.points.get("acme"), kinds
+    return served, steering.points.get("acme"), kinds, saved
 
 
 def _shown(request) -> tuple[str, str]:
@@ -82,17 +85,20 @@ def _reference_wins(request) -> str:
 
 
 def test_a_tenant_starts_at_its_reference_and_earns_its_way_down(trained, static_encoder_dir, tmp_path):
-    served, point, kinds = _serve(trained, static_encoder_dir, tmp_path, _ties, 60)
+    served, point, kinds, saved = _serve(trained, static_encoder_dir, tmp_path, _ties, 60)
     assert set(served[:10]) == {REFERENCE}  # before the ladder is placed: the reference alone
     assert point.level == len(point.margins) - 1  # every level proven, one step per judged call
     assert [(c.old, c.new) for c in point.changes] == [(k, k + 1) for k in range(point.level)]
     assert all("proven" in c.reason and c.estimate["lower"] >= 0.91 for c in point.changes)
     assert REFERENCE not in served[-5:]  # the cheapest model now
     assert {"shadow", "judge", "probe"} <= set(kinds)
+    resumed = Steering(target=0.9)  # a restart: the saved point, not the reference, is where it starts
+    resumed.restore(saved)
+    assert resumed.margin("acme") == point.margin and resumed.points["acme"].estimate(1) == point.estimate(1)
 
 
 def test_a_tenant_whose_cheaper_answers_lose_stays_at_its_reference(trained, static_encoder_dir, tmp_path):
-    served, point, kinds = _serve(trained, static_encoder_dir, tmp_path, _reference_wins, 40)
-    assert set(served) == {REFERENCE} and point.level == 0 and point.changes == []
+    served, point, kinds, saved = _serve(trained, static_encoder_dir, tmp_path, _reference_wins, 40)
+    assert set(served) == {REFERENCE} and point.level == 0 and point.changes == [] and saved == {}
     top = len(point.margins) - 1
     assert point.estimate(top).upper < 0.9 and "probe" in kinds  # the cheaper levels were graded, and lost

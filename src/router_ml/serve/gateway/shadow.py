@@ -141,7 +141,11 @@ class ShadowJudge:
             routed, ref = verdicts.get(model, same)
             if routed is not None:
                 self.steering.label(call.tenant.name, level, routed, ref, 1.0 / self.settings.rate)
-        self.steering.update(call.tenant.name, time.time())
+        if self.steering.update(call.tenant.name, time.time()) is not None:
+            try:
+                await asyncio.to_thread(self.steering.persist, call.tenant.name)
+            except Exception:  # the point moved in this process; the stored one catches up at the next move
+                logger.exception("operating point of tenant %s not saved", call.tenant.name)
 
     def _log(self, call, model: str, kind: str, started: float, error: str | None = None, usage=None,
              **fields) -> None:

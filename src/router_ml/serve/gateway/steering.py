@@ -7,8 +7,10 @@ A tenant starts at the reference alone. Its ladder of margins is placed on the r
 ``ladder_calls`` routed calls (:func:`~router_ml.online.controller.ladder`: rungs where 5%, 10%, 20% ... of its
 traffic would leave the reference); from then on, every routed call also says which model each level near the
 current one would have chosen (the *probes* the shadow judge grades), so that the cheaper levels gather labels
-while the current one serves. The state lives in this process: each worker steers on its own labels, and a
-restart starts again from the reference.
+while the current one serves. Each move is saved through ``saver`` (the gateway's is
+:func:`router_ml.calllog.operating_points.save`) and :meth:`Steering.restore` resumes from what was saved, so a
+restart keeps the operating point. Between saves the state lives in the process: each worker steers on its own
+labels (the last to move writes the stored point).
 """
 
 from __future__ import annotations
@@ -28,11 +30,22 @@ class Steering:
     """The operating points of the tenants (see the module docstring)."""
 
     def __init__(self, target: float = 0.95, confidence: float = 0.8, min_labels: int = 20, probe_levels: int = 3,
-                 ladder_calls: int = 100, away_shares=AWAY_SHARES):
-        self.target, self.confidence, self.min_labels = target, confidence, min_labels
+                 ladder_calls: int = 100, away_shares=AWAY_SHARES, saver=None):
+        self.target, self.confidence, self.min_labels, self.saver = target, confidence, min_labels, saver
         self.probe_levels, self.ladder_calls, self.away_shares = probe_levels, ladder_calls, away_shares
         self.points: dict[str, OperatingPoint] = {}
         self._seen: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+
+    def restore(self, states: dict[str, dict]) -> None:
+        """Resume the tenants' operating points from saved states (``OperatingPoint.state()`` by tenant)."""
+        for tenant, state in states.items():
+            self.points[tenant] = OperatingPoint.from_state(state)
+            logger.info("tenant %s: operating point resumed at level %d", tenant, self.points[tenant].level)
+
+    def persist(self, tenant: str) -> None:
+        """Save the tenant's operating point through ``saver`` (blocking: call it from a worker thread)."""
+        if self.saver is not None and tenant in self.points:
+            self.saver(tenant, self.points[tenant].state())
 
     def margin(self, tenant: str) -> float:
         """The tenant's current margin: -inf (the reference alone) until its ladder is placed."""
