@@ -241,7 +241,7 @@ _calls_0006 = sa.Table("calls", sa.MetaData(), sa.Column("degraded_from", sa.Str
 _calls_0007 = sa.Table("calls", sa.MetaData(), sa.Column("kind", sa.String(16)), sa.Column("judges", sa.String(64)),
                        sa.Column("judge_routed", sa.Float), sa.Column("judge_reference", sa.Float))
 
-# 0008: each tenant's online operating point.
+# 0008, commit 3be0dd4: each tenant's online operating point.
 _operating_points_0008 = sa.Table("operating_points", sa.MetaData(),
                                   sa.Column("tenant", sa.String(200), primary_key=True),
                                   sa.Column("state", sa.Text, nullable=False),
@@ -255,7 +255,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(5, "calls_time_indexes", "b5eb8f3", (AddIndexes(_indexes_0005),)),
     Migration(6, "calls_degraded_from", "aacd28c", (AddColumns(_calls_0006),)),
     Migration(7, "calls_shadow_judging", "57619b3", (AddColumns(_calls_0007),)),
-    Migration(8, "operating_points", "issue 14", (CreateTable(_operating_points_0008),)),
+    Migration(8, "operating_points", "3be0dd4", (CreateTable(_operating_points_0008),)),
 )
 
 
