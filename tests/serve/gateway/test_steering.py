@@ -59,15 +59,20 @@ def _serve(trained, static_encoder_dir, tmp_path, verdict, calls: int):
                 assert answer.status_code == 200, answer.text
                 served.append(answer.json()["model"])
                 await app.state.shadow.drain()
-        return served
+            quality = await client.get("/v1/analytics/quality", headers={"authorization": f"Bearer {key}"})
+        return served, quality.json()
 
-    served = asyncio.run(go())
+    served, quality = asyncio.run(go())
+    point = steering.points.get("acme")
+    if point is not None:  # the API shows where this process steers the tenant
+        shown = quality["tenants"][0]["operating_point"]
+        assert (shown["level"], len(shown["changes"])) == (point.level, min(10, len(point.changes)))
     store.flush()
     kinds = pl.read_database("SELECT kind FROM calls WHERE kind IS NOT NULL", store.engine)["kind"].to_list()
     saved = operating_points.load(store.engine)
     store.close()
     tenants.close()
-    return served, steering.points.get("acme"), kinds, saved
+    return served, point, kinds, saved
 
 
 def _shown(request) -> tuple[str, str]:

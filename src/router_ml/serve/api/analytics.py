@@ -5,6 +5,8 @@ range's default end, where a forecast starts, the budget periods) is the app's c
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import math
 from datetime import datetime
 
 from fastapi import APIRouter, Query, Request
@@ -85,8 +87,18 @@ async def quality(request: Request, scope: Viewer, start: str | None = None, end
     except ValueError as exc:
         raise APIError(400, str(exc), param="start") from exc
 
+    steering = request.app.state.steering
+
     def report() -> dict:
         store.flush(timeout=FLUSH_TIMEOUT_S)
-        return analytics.quality(store.engine, scope, first, last, confidence)
+        found = analytics.quality(store.engine, scope, first, last, confidence)
+        for row in found["tenants"]:  # where this process steers the tenant: its operating point and last moves
+            point = steering.points.get(row["tenant"]) if steering is not None else None
+            if point is not None:
+                row["operating_point"] = {"level": point.level, "levels": len(point.margins),
+                                          "margin": point.margin if math.isfinite(point.margin) else None,
+                                          "estimate": point.estimate().as_dict(),
+                                          "changes": [dataclasses.asdict(c) for c in point.changes[-10:]]}
+        return found
 
     return await asyncio.to_thread(report)
