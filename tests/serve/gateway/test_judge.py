@@ -7,38 +7,25 @@ from __future__ import annotations
 import asyncio
 import re
 
-import polars as pl
 import pytest
 
-from router_ml.data.importers import routerbench
-from router_ml.data.report import ImportReport
 from router_ml.serve.gateway.judge import JudgeError, judge, parse_scores
 from router_ml.serve.providers.base import ProviderError
 from router_ml.serve.providers.handler import HandlerProvider, failing
+from real_streams import judged_answers, right_and_wrong
 
 GOOD, BAD = "gpt-4-1106-preview", "mistralai/mistral-7b-chat"
 
 
 @pytest.fixture(scope="module")
 def case(real_files) -> dict:
-    rows = routerbench.load(real_files, ImportReport())
-    wide = rows.filter(pl.col("model").is_in([GOOD, BAD]) & (pl.col("task") == "mbpp")).pivot("model", index=["prompt_id", "prompt"],
-                                                                 values=["quality", "response"])
-    row = wide.filter((pl.col(f"quality_{GOOD}") == 1) & (pl.col(f"quality_{BAD}") == 0)).row(0, named=True)
-    return {"prompt": row["prompt"], "right": row[f"response_{GOOD}"], "wrong": row[f"response_{BAD}"]}
-
-
-def _shown(request) -> tuple[str, str]:
-    """(answer A, answer B) as the judge's request shows them."""
-    shown = request.messages[-1]["content"]
-    a, b = shown.split("[Answer A]\n", 1)[1].split("\n\n[Answer B]\n", 1)
-    return a, b
+    return right_and_wrong(real_files, GOOD, BAD)
 
 
 def _biased_judge(right: str):
     """Scores 8 for the recorded right answer and 3 for the other, plus 2 for the answer shown first."""
     def handler(request):
-        a, b = _shown(request)
+        a, b = judged_answers(request)
         score_a, score_b = (8 if a == right else 3) + 2, 8 if b == right else 3
         return f'Here is my verdict:\n```json\n{{"score_a": {score_a}, "score_b": {score_b}, "reason": "x"}}\n```'
     return handler
@@ -51,7 +38,7 @@ def test_both_orders_cancel_the_position_bias_and_usage_counts_both_calls(case):
     assert verdict.consistent
     first, second = provider.requests
     assert first.model == "judge-model" and first.temperature == 0.0
-    assert _shown(first) == (case["wrong"], case["right"]) and _shown(second) == (case["right"], case["wrong"])
+    assert judged_answers(first) == (case["wrong"], case["right"]) and judged_answers(second) == (case["right"], case["wrong"])
     assert case["prompt"] in first.messages[-1]["content"] and first.messages[0]["role"] == "system"
     assert verdict.usage.output_tokens == 2 * len(_biased_judge(case["right"])(first).split())
     equal = asyncio.run(judge(provider, "judge-model", case["prompt"], case["right"], case["right"]))

@@ -13,7 +13,6 @@ import polars as pl
 import pytest
 
 from router_ml.calllog.store import CallStore
-from router_ml.data.importers import routerbench
 from router_ml.data.prepare import prepare
 from router_ml.data.report import ImportReport
 from router_ml.embed import StaticEncoder
@@ -22,6 +21,7 @@ from router_ml.serve.gateway.shadow import ShadowSettings
 from router_ml.serve.providers.handler import HandlerProvider
 from router_ml.serve.tenancy.tenants import TenantStore
 from router_ml.train import TrainConfig, run
+from real_streams import judged_answers, right_and_wrong
 
 REFERENCE, CHEAP, JUDGE = "gpt-4-1106-preview", "mistralai/mistral-7b-chat", "gpt-3.5-turbo-1106"
 
@@ -36,17 +36,12 @@ def bundle(mini_files, static_encoder_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def case(real_files) -> dict:
-    rows = routerbench.load(real_files, ImportReport())
-    wide = rows.filter(pl.col("model").is_in([REFERENCE, CHEAP]) & (pl.col("task") == "mbpp")).pivot(
-        "model", index=["prompt_id", "prompt"], values=["quality", "response"])
-    row = wide.filter((pl.col(f"quality_{REFERENCE}") == 1) & (pl.col(f"quality_{CHEAP}") == 0)).row(0, named=True)
-    return {"prompt": row["prompt"], "right": row[f"response_{REFERENCE}"], "wrong": row[f"response_{CHEAP}"]}
+    return right_and_wrong(real_files, REFERENCE, CHEAP)
 
 
 def _judge(right: str):
     def handler(request):
-        shown = request.messages[-1]["content"]
-        a, b = shown.split("[Answer A]\n", 1)[1].split("\n\n[Answer B]\n", 1)
+        a, b = judged_answers(request)
         return f'{{"score_a": {10 if a == right else 1}, "score_b": {10 if b == right else 1}, "reason": "r"}}'
     return handler
 

@@ -22,6 +22,7 @@ from router_ml.serve.gateway.steering import Steering
 from router_ml.serve.providers.handler import HandlerProvider
 from router_ml.serve.tenancy.tenants import TenantStore
 from router_ml.train import TrainConfig, run
+from real_streams import judged_answers
 
 REFERENCE, JUDGE = "gpt-4-1106-preview", "judge"
 
@@ -75,17 +76,12 @@ def _serve(trained, static_encoder_dir, tmp_path, verdict, calls: int):
     return served, point, kinds, saved
 
 
-def _shown(request) -> tuple[str, str]:
-    a, b = request.messages[-1]["content"].split("[Answer A]\n", 1)[1].split("\n\n[Answer B]\n", 1)
-    return a, b
-
-
 def _ties(request) -> str:
     return '{"score_a": 9, "score_b": 9}'
 
 
 def _reference_wins(request) -> str:
-    a, b = _shown(request)
+    a, b = judged_answers(request)
     return f'{{"score_a": {10 if REFERENCE in a else 2}, "score_b": {10 if REFERENCE in b else 2}}}'
 
 
