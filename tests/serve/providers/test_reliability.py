@@ -87,3 +87,23 @@ def test_a_failed_trial_call_reopens_the_breaker():
     with pytest.raises(ProviderError) as raised:
         asyncio.run(provider.complete(REQUEST))
     assert "still down" in raised.value.message and breaker.state == "open"
+
+
+def test_one_callers_bad_requests_never_open_the_breaker_for_the_others():
+    """Issue 15: upstream 400s caused by one tenant's bad requests counted as failures; five of them shut the model
+    for every tenant. A refused request is the caller's fault, and shows the deployment answering."""
+    breaker = CircuitBreaker(failures=2, cooldown=30)
+    bad = [ProviderError("Invalid value for 'temperature'", 400, retryable=False) for _ in range(5)]
+    provider, inner, _ = _reliable(flaky(bad), retries=0, breaker=breaker)
+    for _ in range(5):
+        with pytest.raises(ProviderError) as raised:
+            asyncio.run(provider.complete(REQUEST))
+        assert raised.value.status == 400
+    assert breaker.state == "closed" and asyncio.run(provider.complete(REQUEST)).text == "fine"
+    # A deployment fault still counts, and a 400 between two of them shows the deployment alive again.
+    faults = [ProviderError("down", 502, retryable=True), ProviderError("bad", 400), ProviderError("down", 502, True)]
+    provider, _, _ = _reliable(flaky(faults), retries=0, breaker=breaker)
+    for _ in range(3):
+        with pytest.raises(ProviderError):
+            asyncio.run(provider.complete(REQUEST))
+    assert breaker.state == "closed" and breaker.consecutive == 1

@@ -3,7 +3,10 @@
 Only retryable failures (429, 5xx, timeouts: ``ProviderError.retryable``) are retried, after
 an exponential backoff with jitter, or after the provider's Retry-After when it says (capped).
 A stream is retried only while opening it, before its first chunk: once a byte has gone to the
-client the gateway never starts over. After ``failures`` consecutive failed calls the breaker
+client the gateway never starts over. Only the deployment's own faults count against it (a retryable
+failure: 429, 5xx, timeouts, connection errors; or any 5xx): a 4xx that names something wrong in the request is
+the caller's fault and shows the deployment answering, so one tenant's bad requests never shut the model for
+the others. After ``failures`` consecutive faults the breaker
 opens and the deployment is skipped at once (a retryable 503, so the gateway falls back to the
 next model) for ``cooldown`` seconds; then one trial call is let through (half-open) and its
 outcome closes or re-opens the breaker.
@@ -18,6 +21,11 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 
 from router_ml.serve.providers.base import ChatChunk, ChatRequest, ChatResult, ProviderError
+
+
+def deployment_fault(error: ProviderError) -> bool:
+    """Whether ``error`` is the deployment's fault (see the module docstring), not the request's."""
+    return error.retryable or error.status >= 500
 
 
 class CircuitBreaker:
@@ -67,6 +75,13 @@ class ReliableProvider:
                                 f"retrying after {self.breaker.cooldown:.0f} s", status=503, retryable=True,
                                 provider=self.name)
 
+    def _count(self, error: ProviderError) -> None:
+        """A failure counts against the breaker when it is the deployment's; a refused request shows it alive."""
+        if deployment_fault(error):
+            self.breaker.failed()
+        else:
+            self.breaker.succeeded()
+
     def _delay(self, attempt: int, error: ProviderError) -> float:
         if error.retry_after is not None:
             return min(error.retry_after, self.max_backoff)
@@ -82,7 +97,7 @@ class ReliableProvider:
             try:
                 result = await self.inner.complete(request)
             except ProviderError as exc:
-                self.breaker.failed()
+                self._count(exc)
                 if not exc.retryable or attempt == self.retries:
                     raise
                 await self._sleep(self._delay(attempt, exc))
@@ -102,7 +117,7 @@ class ReliableProvider:
                 self.breaker.succeeded()
                 return
             except ProviderError as exc:
-                self.breaker.failed()
+                self._count(exc)
                 if not exc.retryable or attempt == self.retries:
                     raise
                 await self._sleep(self._delay(attempt, exc))
@@ -112,8 +127,8 @@ class ReliableProvider:
             yield first
             async for chunk in stream:
                 yield chunk
-        except ProviderError:
-            self.breaker.failed()
+        except ProviderError as exc:
+            self._count(exc)
             raise
         finally:  # closed early (the client went away) or done: release the upstream request
             await stream.aclose()
