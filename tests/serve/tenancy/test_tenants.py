@@ -359,3 +359,15 @@ def test_a_call_degraded_by_budget_says_so_in_the_answer_the_call_log_and_the_me
     assert line in metrics.text
     calls.close()
     tenants.close()
+
+
+def test_an_empty_models_list_is_refused_not_read_as_no_restriction(gateway):
+    """Issue 15: a tenant limited to some models sent ``router_ml: {"models": []}`` (or ``router-ml/auto:models=``)
+    and was served by the cheapest model of the bundle, outside its allowed models."""
+    app, keys, models = gateway
+    empty_field = _chat("router-ml/auto", router_ml={"models": []})
+    field, name = _requests(app, ("POST", "/v1/chat/completions", keys["small"], empty_field),
+                            ("POST", "/v1/chat/completions", keys["small"], _chat("router-ml/auto:models=")))
+    for answer in (field, name):
+        assert answer.status_code == 400, answer.text
+        assert "models is empty" in answer.json()["error"]["message"]
