@@ -103,3 +103,20 @@ def test_a_tenant_whose_cheaper_answers_lose_stays_at_its_reference(trained, sta
     assert set(served) == {REFERENCE} and point.level == 0 and point.changes == [] and saved == {}
     top = len(point.margins) - 1
     assert point.estimate(top).upper < 0.9 and "probe" in kinds  # the cheaper levels were graded, and lost
+
+
+def test_a_request_may_ask_for_a_margin_itself_without_a_tenant(trained, static_encoder_dir):
+    directory, models, prompts = trained
+    providers = {m: HandlerProvider(lambda r, m=m: f"the answer of {m}") for m in models}
+    providers[JUDGE] = HandlerProvider(_ties)
+    app = create_app(directory, providers, encoder=StaticEncoder(static_encoder_dir), shadow=ShadowSettings(JUDGE),
+                     steering=Steering())
+    body = {"model": "router-ml/auto", "messages": [{"role": "user", "content": prompts[0]}],
+            "router_ml": {"reference": REFERENCE, "margin": -1.0}}
+
+    async def go():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway") as client:
+            return await client.post("/v1/chat/completions", json=body)
+
+    answer = asyncio.run(go())
+    assert answer.status_code == 200 and answer.json()["model"] == REFERENCE  # within -1 of it: only itself

@@ -168,10 +168,11 @@ class Gateway:
         else:
             if override is not None:
                 routed = Policy(**{**routed.model_dump(exclude_none=True), **override.model_dump(exclude_none=True)})
-            policy = self._steered(tenant, bundle, effective_policy(tenant, routed, bundle.models))
+            effective = effective_policy(tenant, routed, bundle.models)
+            policy = self._steered(tenant, bundle, effective)
             decision = self.decide(bundle, prompt, input_tokens, policy)
             candidates = [m for m in decision.ranking if m in self.providers]
-            if policy.margin is not None and self.steering is not None:
+            if policy is not effective:  # at the tenant's operating point: say what the nearby levels would serve
                 reference = bundle.models.index(policy.reference)
                 quality = np.array([p["quality"] for p in decision.predicted])
                 cost = np.array([p["cost_usd"] for p in decision.predicted])
