@@ -92,24 +92,28 @@ class OperatingPoint:
 
     def proven(self, level: int, margin: float = 0.0) -> bool:
         """Whether ``level``'s lower bound is at least the target (plus ``margin``) on enough labels."""
-        estimate = self.estimate(level)
-        return level == 0 or (estimate.labels >= self.min_labels and estimate.lower >= self.target + margin)
+        return level == 0 or self._clears(self.estimate(level), margin)
+
+    def _clears(self, estimate: ShareEstimate, margin: float = 0.0) -> bool:
+        return estimate.labels >= self.min_labels and estimate.lower >= self.target + margin
 
     def update(self, at: float) -> Change | None:
         """Move the operating point if the labels say so (see the module docstring); the change, or None."""
         current = self.estimate()
-        if not self.proven(self.level):
+        if self.level > 0 and not self._clears(current):
             new = max(level for level in range(self.level) if self.proven(level))
             reason = (f"lower bound {current.lower:.3f} of level {self.level} fell below the target "
                       f"{self.target:.3f}")
             return self._move(at, new, reason, current)
         cheaper = self.level + 1
-        if cheaper < len(self.margins) and self.proven(cheaper, self.hysteresis):
-            estimate = self.estimate(cheaper)
-            reason = (f"level {cheaper} proven: lower bound {estimate.lower:.3f} >= target {self.target:.3f} "
-                      f"+ {self.hysteresis:.3f} on {estimate.labels} labels")
-            return self._move(at, cheaper, reason, estimate)
-        return None
+        if cheaper == len(self.margins):
+            return None
+        estimate = self.estimate(cheaper)
+        if not self._clears(estimate, self.hysteresis):
+            return None
+        reason = (f"level {cheaper} proven: lower bound {estimate.lower:.3f} >= target {self.target:.3f} "
+                  f"+ {self.hysteresis:.3f} on {estimate.labels} labels")
+        return self._move(at, cheaper, reason, estimate)
 
     def _move(self, at: float, new: int, reason: str, estimate: ShareEstimate) -> Change:
         change = Change(at, self.level, new, reason, estimate.as_dict())

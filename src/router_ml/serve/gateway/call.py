@@ -18,8 +18,6 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
 
-import numpy as np
-
 from router_ml.bundle import Bundle, Decision
 from router_ml.calllog.record import CLIENT_CLOSED, CallRecord
 from router_ml.pricing import cost_usd_if_priced
@@ -58,7 +56,6 @@ class ChatCall:
     candidates: list[str]
     admission: Admission = field(default_factory=lambda: Admission([]))
     started: float = field(default_factory=time.perf_counter)
-    probes: dict[int, str] = field(default_factory=dict)  # online steering: level -> the model it would serve
 
     @property
     def messages(self) -> list[dict]:
@@ -158,7 +155,7 @@ class Gateway:
         routing and budgets read."""
         bundle = self.bundles.current  # one bundle for the whole call, whatever a reload does meanwhile
         input_tokens = count_tokens(prompt)  # once: routing and the budget reservation both need it
-        decision, probes = None, {}
+        decision = None
         if routed is None:
             check_model(tenant, request.model)
             if request.model not in self.providers:
@@ -172,17 +169,13 @@ class Gateway:
             policy = self._steered(tenant, bundle, effective)
             decision = self.decide(bundle, prompt, input_tokens, policy)
             candidates = [m for m in decision.ranking if m in self.providers]
-            if policy is not effective:  # at the tenant's operating point: say what the nearby levels would serve
-                reference = bundle.models.index(policy.reference)
-                quality = np.array([p["quality"] for p in decision.predicted])
-                cost = np.array([p["cost_usd"] for p in decision.predicted])
-                probes = {level: bundle.models[m]
-                          for level, m in self.steering.probes(tenant.name, reference, quality, cost).items()}
+            if policy is not effective and not self.steering.placed(tenant.name):  # a new tenant's first calls
+                self.steering.place(tenant.name, decision, bundle.models, policy.reference)
         if not candidates:
             raise NoCandidates("no provider serves any model the policy allows")
         asked = override.model_dump(exclude_none=True) if override is not None else None
         return ChatCall(uuid.uuid4().hex, tenant, prompt, request, asked, stream, bundle, input_tokens, decision,
-                        candidates, Admission(candidates[:MAX_ATTEMPTS]), probes=probes)
+                        candidates, Admission(candidates[:MAX_ATTEMPTS]))
 
     def _steered(self, tenant: Tenant | None, bundle: Bundle, policy: Policy) -> Policy:
         """``policy`` at the tenant's online operating point (:mod:`router_ml.serve.gateway.steering`) when steering

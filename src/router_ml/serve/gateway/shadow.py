@@ -4,7 +4,7 @@ reference's. Every extra answer is logged as a row of kind 'shadow', the verdict
 'judge' (``judges`` = the call's id), so that their cost counts against the savings and the judge's scores feed
 the quality estimate (:func:`router_ml.serve.observability.analytics.quality`).
 
-With online steering (:mod:`router_ml.serve.gateway.steering`) a call also carries *probes*: the models the
+With online steering (:mod:`router_ml.serve.gateway.steering`) a sampled call also gets *probes*: the models the
 levels near the tenant's operating point would have served. Those answers are asked for and judged against the
 reference's too (verdicts of kind 'probe'), and every level's label goes to the tenant's operating point.
 
@@ -68,11 +68,13 @@ class ShadowJudge:
         reference = tenant.reference_model if tenant is not None else None
         if reference is None or reference not in self.providers:
             return None
-        if answer.model == reference and all(m == reference for m in call.probes.values()):
-            return None  # nothing to compare
         if self.rng.random() >= self.settings.rate or self._spent_today(tenant.name) >= self.settings.cap_usd_day:
             return None
-        task = asyncio.get_running_loop().create_task(self._judge(call, answer, reference))
+        steered = self.steering is not None and call.decision is not None and reference in call.bundle.models
+        probes = self.steering.probes(tenant.name, call.decision, call.bundle.models, reference) if steered else {}
+        if answer.model == reference and all(m == reference for m in probes.values()):
+            return None  # nothing to compare
+        task = asyncio.get_running_loop().create_task(self._judge(call, answer, reference, probes))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
@@ -120,10 +122,10 @@ class ShadowJudge:
                   judge_routed=verdict.routed, judge_reference=verdict.reference)
         return verdict
 
-    async def _judge(self, call, answer, reference: str) -> None:
+    async def _judge(self, call, answer, reference: str, probes: dict[int, str]) -> None:
         served = answer.model
         answers = {served: answer.result.text}
-        for model in {reference, *call.probes.values()} - {served}:
+        for model in {reference, *probes.values()} - {served}:
             answers[model] = await self._answer(call, model)
         if answers[reference] is None:
             return
@@ -133,10 +135,10 @@ class ShadowJudge:
                                           answers[reference])
             if verdict is not None:
                 verdicts[model] = (verdict.routed, verdict.reference)
-        if self.steering is None or not call.probes or not verdicts:
+        if not probes or not verdicts:
             return
         reference_score = next(iter(verdicts.values()))[1]  # a level that serves the reference keeps its score
-        for level, model in call.probes.items():
+        for level, model in probes.items():
             same = (reference_score, reference_score) if model == reference else (None, None)
             routed, ref = verdicts.get(model, same)
             if routed is not None:

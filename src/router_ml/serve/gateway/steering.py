@@ -5,9 +5,9 @@
 
 A tenant starts at the reference alone. Its ladder of margins is placed on the router's predictions for its first
 ``ladder_calls`` routed calls (:func:`~router_ml.online.controller.ladder`: rungs where 5%, 10%, 20% ... of its
-traffic would leave the reference); from then on, every routed call also says which model each level near the
-current one would have chosen (the *probes* the shadow judge grades), so that the cheaper levels gather labels
-while the current one serves. Each move is saved through ``saver`` (the gateway's is
+traffic would leave the reference); from then on, a call the shadow judge samples is also asked which model each
+level near the current one would have chosen (the *probes* it grades), so that the cheaper levels gather labels
+while the current one serves: no steering work on a call that is not judged. Each move is saved through ``saver`` (the gateway's is
 :func:`router_ml.calllog.operating_points.save`) and :meth:`Steering.restore` resumes from what was saved, so a
 restart keeps the operating point. Between saves the state lives in the process: each worker steers on its own
 labels (the last to move writes the stored point).
@@ -52,24 +52,32 @@ class Steering:
         point = self.points.get(tenant)
         return point.margin if point is not None else -math.inf
 
-    def probes(self, tenant: str, reference: int, quality: np.ndarray, cost: np.ndarray) -> dict[int, int]:
-        """{level: model index} for the current level and the cheaper ones graded with it, for one routed call's
-        predictions (``quality``, ``cost`` per model); before the ladder is placed, the call's predictions go to
-        placing it and nothing is probed."""
+    def placed(self, tenant: str) -> bool:
+        return tenant in self.points
+
+    def place(self, tenant: str, decision, models: list[str], reference: str) -> None:
+        """One routed call's predictions (its :class:`~router_ml.bundle.Decision` over ``models``) toward placing
+        the tenant's ladder, which is placed at the ``ladder_calls``-th."""
+        seen = self._seen.setdefault(tenant, [])
+        seen.append(_predictions(decision))
+        if len(seen) < self.ladder_calls:
+            return
+        qualities, costs = np.stack([q for q, _ in seen]), np.stack([c for _, c in seen])
+        margins = ladder(qualities, costs, models.index(reference), self.away_shares)
+        self.points[tenant] = OperatingPoint(target=self.target, confidence=self.confidence, margins=margins,
+                                             min_labels=self.min_labels)
+        del self._seen[tenant]
+        logger.info("tenant %s: operating point ladder placed at margins %s", tenant, margins)
+
+    def probes(self, tenant: str, decision, models: list[str], reference: str) -> dict[int, str]:
+        """{level: model} for the current level and the cheaper ones graded with it, from one routed call's
+        decision over ``models``; {} before the tenant's ladder is placed. Asked only for a call being judged."""
         point = self.points.get(tenant)
         if point is None:
-            seen = self._seen.setdefault(tenant, [])
-            seen.append((np.asarray(quality, dtype=float), np.asarray(cost, dtype=float)))
-            if len(seen) >= self.ladder_calls:
-                qualities, costs = np.stack([q for q, _ in seen]), np.stack([c for _, c in seen])
-                margins = ladder(qualities, costs, reference, self.away_shares)
-                self.points[tenant] = OperatingPoint(target=self.target, confidence=self.confidence,
-                                                     margins=margins, min_labels=self.min_labels)
-                del self._seen[tenant]
-                logger.info("tenant %s: operating point ladder placed at margins %s", tenant, margins)
             return {}
-        top = len(point.margins) - 1
-        return {level: int(choose_near_reference(quality[None], cost[None], reference, point.margins[level])[0])
+        quality, cost = _predictions(decision)
+        top, ref = len(point.margins) - 1, models.index(reference)
+        return {level: models[int(choose_near_reference(quality[None], cost[None], ref, point.margins[level])[0])]
                 for level in range(point.level, min(top, point.level + self.probe_levels) + 1)}
 
     def label(self, tenant: str, level: int, routed: float, reference: float, weight: float) -> None:
@@ -81,3 +89,9 @@ class Steering:
         if change is not None:
             logger.info("tenant %s: operating point %d -> %d: %s", tenant, change.old, change.new, change.reason)
         return change
+
+
+def _predictions(decision) -> tuple[np.ndarray, np.ndarray]:
+    """(predicted quality, predicted cost) per model of a decision."""
+    return (np.array([p["quality"] for p in decision.predicted]),
+            np.array([p["cost_usd"] for p in decision.predicted]))
