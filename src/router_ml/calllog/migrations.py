@@ -247,6 +247,30 @@ _operating_points_0008 = sa.Table("operating_points", sa.MetaData(),
                                   sa.Column("state", sa.Text, nullable=False),
                                   sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False))
 
+# 0009, commit PENDING: the online loop's labels in the database, shared by workers and replicas. A verdict row
+# names the rows of the two answers it compared (``graded``, ``against``), so that feedback on either one is an
+# exact label of the verdict and training can read judged pairs; ``online_labels`` holds one label per level of
+# a tenant's ladder that a judged call graded; ``operating_points.version`` orders concurrent moves.
+_calls_0009 = sa.Table("calls", sa.MetaData(), sa.Column("graded", sa.String(32)), sa.Column("against", sa.String(32)))
+_operating_points_0009 = sa.Table("operating_points", sa.MetaData(), sa.Column("version", sa.Integer))
+_m0009 = sa.MetaData()
+_online_labels_0009 = sa.Table(
+    "online_labels",
+    _m0009,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("tenant", sa.String(200), nullable=False),
+    sa.Column("ladder", sa.String(32), nullable=False),
+    sa.Column("level", sa.Integer, nullable=False),
+    sa.Column("judged_call", sa.String(32), nullable=False),
+    sa.Column("graded_call", sa.String(32), nullable=False),
+    sa.Column("reference_call", sa.String(32), nullable=False),
+    sa.Column("routed", sa.Float, nullable=False),
+    sa.Column("reference", sa.Float, nullable=False),
+    sa.Column("weight", sa.Float, nullable=False),
+    sa.Column("ts", sa.DateTime(timezone=True), nullable=False),
+    sa.Index("online_labels_ladder", "tenant", "ladder", "level", "id"),
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "calls", "57730f6", (CreateTable(_calls_0001),)),
     Migration(2, "tenants_and_api_keys", "44c098a", (CreateTable(_tenants_0002), CreateTable(_api_keys_0002))),
@@ -256,6 +280,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(6, "calls_degraded_from", "aacd28c", (AddColumns(_calls_0006),)),
     Migration(7, "calls_shadow_judging", "57619b3", (AddColumns(_calls_0007),)),
     Migration(8, "operating_points", "3be0dd4", (CreateTable(_operating_points_0008),)),
+    Migration(9, "online_labels", "PENDING", (AddColumns(_calls_0009), AddColumns(_operating_points_0009),
+                                              CreateTable(_online_labels_0009))),
 )
 
 

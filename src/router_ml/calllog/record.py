@@ -16,8 +16,9 @@ class CallRecord:
     ``cache`` is 'exact' or 'semantic' for an answer from the response cache, which cost 0 and saved
     ``saved_usd``. ``degraded_from`` names the model the gateway chose before the tenant's budget made it serve
     a cheaper one. An 'ok' call of a model without a price is logged at cost 0, flagged 'unpriced'. ``kind`` is
-    None for a client's call, 'shadow' or 'judge' for the shadow judging of call ``judges`` (a judge row holds
-    the two scores in ``judge_routed`` and ``judge_reference``).
+    None for a client's call, 'shadow', 'judge' or 'probe' for the shadow judging of call ``judges`` (a verdict
+    row holds the two scores in ``judge_routed`` and ``judge_reference``, and the call ids of the rows holding the
+    two answers it compared in ``graded`` and ``against``).
     """
 
     call_id: str
@@ -42,6 +43,8 @@ class CallRecord:
     judges: str | None = None
     judge_routed: float | None = None
     judge_reference: float | None = None
+    graded: str | None = None
+    against: str | None = None
     task: str = "chat"
     flags: list[str] = field(default_factory=list)
 

@@ -71,7 +71,8 @@ log = logging.getLogger(__name__)
 
 STATUSES = ("ok", "error")
 EXTRA_COLUMNS = ("call_id", "status", "error", "http_status", "bundle_version", "routed", "policy", "feedback_at",
-                 "cache", "saved_usd", "degraded_from", "kind", "judges", "judge_routed", "judge_reference")
+                 "cache", "saved_usd", "degraded_from", "kind", "judges", "judge_routed", "judge_reference",
+                 "graded", "against")
 ALL_COLUMNS = tuple(c.name for c in schema.COLUMNS) + EXTRA_COLUMNS
 # a client's call; an answer asked for judging (the reference's, a probe's); the verdict on the served answer, on a
 # probe's answer
@@ -130,6 +131,8 @@ calls = sa.Table(
     sa.Column("judges", sa.String(64)),
     sa.Column("judge_routed", sa.Float),  # a judge row: the routed answer's score in [0, 1]
     sa.Column("judge_reference", sa.Float),  # and the reference answer's
+    sa.Column("graded", sa.String(32)),  # a verdict row: the call_id of the row whose answer it graded
+    sa.Column("against", sa.String(32)),  # and of the row of the reference's answer it was compared with
     sa.CheckConstraint("status IN ('ok', 'error')", name="calls_status"),
     sa.Index("calls_status_feedback", "status", "feedback_at"),
     sa.Index("calls_tenant_ts", "tenant", "ts"),  # a tenant's spend in a budget period, its analytics and forecast
@@ -143,6 +146,26 @@ operating_points = sa.Table(
     sa.Column("tenant", sa.String(200), primary_key=True),
     sa.Column("state", sa.Text, nullable=False),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("version", sa.Integer),  # one more at each save: a worker moves the point only from the version it read
+)
+# One label per level of a tenant's ladder that a judged call graded (router_ml.calllog.online_labels): the judge's
+# scores of that level's answer and of the reference's, the rows holding the two answers (their feedback is the
+# exact label) and the label's weight (1 / the chance the call was judged).
+online_labels = sa.Table(
+    "online_labels",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("tenant", sa.String(200), nullable=False),
+    sa.Column("ladder", sa.String(32), nullable=False),
+    sa.Column("level", sa.Integer, nullable=False),
+    sa.Column("judged_call", sa.String(32), nullable=False),
+    sa.Column("graded_call", sa.String(32), nullable=False),
+    sa.Column("reference_call", sa.String(32), nullable=False),
+    sa.Column("routed", sa.Float, nullable=False),
+    sa.Column("reference", sa.Float, nullable=False),
+    sa.Column("weight", sa.Float, nullable=False),
+    sa.Column("ts", sa.DateTime(timezone=True), nullable=False),
+    sa.Index("online_labels_ladder", "tenant", "ladder", "level", "id"),
 )
 
 
