@@ -247,7 +247,7 @@ _operating_points_0008 = sa.Table("operating_points", sa.MetaData(),
                                   sa.Column("state", sa.Text, nullable=False),
                                   sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False))
 
-# 0009, commit PENDING: the online loop's labels in the database, shared by workers and replicas. A verdict row
+# 0009, commit 8f0ff29: the online loop's labels in the database, shared by workers and replicas. A verdict row
 # names the rows of the two answers it compared (``graded``, ``against``), so that feedback on either one is an
 # exact label of the verdict and training can read judged pairs; ``online_labels`` holds one label per level of
 # a tenant's ladder that a judged call graded; ``operating_points.version`` orders concurrent moves.
@@ -280,7 +280,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(6, "calls_degraded_from", "aacd28c", (AddColumns(_calls_0006),)),
     Migration(7, "calls_shadow_judging", "57619b3", (AddColumns(_calls_0007),)),
     Migration(8, "operating_points", "3be0dd4", (CreateTable(_operating_points_0008),)),
-    Migration(9, "online_labels", "PENDING", (AddColumns(_calls_0009), AddColumns(_operating_points_0009),
+    Migration(9, "online_labels", "8f0ff29", (AddColumns(_calls_0009), AddColumns(_operating_points_0009),
                                               CreateTable(_online_labels_0009))),
 )
 
