@@ -52,6 +52,19 @@ def test_exact_labels_correct_a_biased_judge(pairs):
     assert everything.share == pytest.approx(truth)
 
 
+def test_feedback_on_the_served_answers_alone_corrects_the_judge_too(pairs):
+    """/v1/feedback labels the served answer, seldom the reference's: exact labels of the routed answers only, on
+    a fifth of the calls, still bring the biased judge's estimate back within its interval of the truth."""
+    routed, reference = pairs
+    truth = routed.mean() / reference.mean()
+    rng = np.random.default_rng(2)
+    judged = np.where((routed == 1) & (rng.random(len(routed)) < 0.3), 0.0, routed)
+    assert quality_share(judged, reference).upper < truth
+    labeled = rng.random(len(routed)) < 0.2
+    corrected = quality_share(judged, reference, np.where(labeled, routed, np.nan))
+    assert corrected.lower <= truth <= corrected.upper and corrected.exact == labeled.sum()
+
+
 def test_no_labels_is_no_estimate_and_mismatched_pairs_are_refused():
     assert quality_share([], []).share is None and quality_share([], []).lower == 0.0
     with pytest.raises(ValueError, match="differ in shape"):

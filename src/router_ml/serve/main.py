@@ -41,6 +41,7 @@ from router_ml.serve.providers.wire import UpstreamPool  # noqa: E402
 from router_ml.serve.providers.reliability import ReliableProvider  # noqa: E402
 
 SHADOW_DRAIN_S = 30.0  # at shutdown, how long judging in flight may take to finish
+STEERING_REFRESH_S = 5.0  # how often a worker adopts the operating points other workers moved
 
 
 def providers_for(models: list[str], settings, pool: UpstreamPool | None = None) -> dict:
@@ -92,8 +93,8 @@ def build_app():
     from router_ml.clock import SYSTEM_CLOCK
     from router_ml.serve.app import create_app
     from router_ml.serve.gateway.shadow import ShadowSettings
-    from router_ml.serve.gateway.steering import Steering
-    from router_ml.calllog import operating_points
+    from router_ml.serve.gateway.steering import Steering, keep_fresh
+    from router_ml.calllog.operating_points import OperatingPointStore
     from router_ml.serve.tenancy.limits import limits_for
     from router_ml.serve.state import BundleHolder, watch
     from router_ml.calllog.store import CallStore
@@ -115,18 +116,19 @@ def build_app():
         raise ValueError("ROUTER_ML_ONLINE_TARGET needs a judge: set ROUTER_ML_JUDGE_MODEL to a served model")
     steering = None
     if settings.online_target is not None:
-        steering = Steering(settings.online_target,
-                            saver=lambda tenant, state: operating_points.save(store.engine, tenant, state, clock))
-        steering.restore(operating_points.load(store.engine))
+        steering = Steering(OperatingPointStore(store.engine, clock), settings.online_target)
     app = create_app(bundles, providers_for(models, settings, pool), store=store, tenants=tenants,
                      admin_key=settings.admin_key, limits=limits, cache=cache, clock=clock, shadow=shadow,
                      steering=steering)
 
     @asynccontextmanager
     async def lifespan(app):
-        watcher = asyncio.create_task(watch(app.state.bundles, settings.bundle_watch_seconds))
+        background = [asyncio.create_task(watch(app.state.bundles, settings.bundle_watch_seconds))]
+        if steering is not None:  # the operating points other workers and replicas moved, and the stored ones
+            background.append(asyncio.create_task(keep_fresh(steering, STEERING_REFRESH_S)))
         yield
-        watcher.cancel()
+        for task in background:
+            task.cancel()
         if app.state.shadow is not None:  # judging in flight logs its rows before the store closes
             try:
                 await asyncio.wait_for(app.state.shadow.drain(), SHADOW_DRAIN_S)

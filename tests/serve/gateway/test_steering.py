@@ -1,7 +1,8 @@
 """Online steering through the served app (router_ml.serve.gateway.steering): a tenant with a reference model
 starts at the reference and earns its way to cheaper models as the shadow judge's verdicts say they keep its
-quality, and stays at the reference when they do not. Prompts are real RouterBench prompts of the mini fixtures;
-the judge is a handler provider whose verdict the test sets."""
+quality, and stays at the reference when they do not; two workers on one call log steer a tenant as one, and a
+feedback label joins the judge's. Prompts are real RouterBench prompts of the mini fixtures; the judge is a
+handler provider whose verdict the test sets."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import httpx
 import polars as pl
 import pytest
 
-from router_ml.calllog import operating_points
+from router_ml.calllog.operating_points import OperatingPointStore
 from router_ml.calllog.store import CallStore
 from router_ml.data.prepare import prepare
 from router_ml.data.report import ImportReport
@@ -37,43 +38,58 @@ def trained(mini_files, static_encoder_dir, tmp_path_factory):
     return out, models, prompts
 
 
+def _app(trained, static_encoder_dir, store, tenants, verdict, **steering):
+    directory, models, _ = trained
+    providers = {m: HandlerProvider(lambda r, m=m: f"the answer of {m}") for m in models}
+    providers[JUDGE] = HandlerProvider(verdict)
+    steering = Steering(OperatingPointStore(store.engine), **{"target": 0.9, "min_labels": 5, "ladder_calls": 10,
+                                                              "probe_levels": 20, **steering})
+    app = create_app(directory, providers, store=store, encoder=StaticEncoder(static_encoder_dir), tenants=tenants,
+                     shadow=ShadowSettings(JUDGE, rate=1.0, cap_usd_day=100.0), steering=steering)
+    return app, steering
+
+
+async def _calls(apps, key, prompts, calls: int) -> list[str]:
+    """``calls`` chat calls, sent in turn to each app of ``apps`` (workers), each judged before the next."""
+    served = []
+    clients = [httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway") for app in apps]
+    for i in range(calls):
+        app, client = apps[i % len(apps)], clients[i % len(apps)]
+        body = {"model": "router-ml/auto", "messages": [{"role": "user", "content": prompts[i % len(prompts)]}]}
+        answer = await client.post("/v1/chat/completions", headers={"authorization": f"Bearer {key}"}, json=body)
+        assert answer.status_code == 200, answer.text
+        served.append(answer.json()["model"])
+        await app.state.shadow.drain()
+    for client in clients:
+        await client.aclose()
+    return served
+
+
 def _serve(trained, static_encoder_dir, tmp_path, verdict, calls: int):
-    directory, models, prompts = trained
+    _, _, prompts = trained
     url = f"sqlite:///{tmp_path}/calls.db"
     store, tenants = CallStore(url), TenantStore(url)
     tenants.create_tenant("acme", reference_model=REFERENCE)
     key = tenants.issue_key("acme")
-    providers = {m: HandlerProvider(lambda r, m=m: f"the answer of {m}") for m in models}
-    providers[JUDGE] = HandlerProvider(verdict)
-    steering = Steering(target=0.9, min_labels=5, ladder_calls=10, probe_levels=20,
-                        saver=lambda tenant, state: operating_points.save(store.engine, tenant, state))
-    app = create_app(directory, providers, store=store, encoder=StaticEncoder(static_encoder_dir), tenants=tenants,
-                     shadow=ShadowSettings(JUDGE, rate=1.0, cap_usd_day=100.0), steering=steering)
+    app, steering = _app(trained, static_encoder_dir, store, tenants, verdict)
 
     async def go():
-        served = []
+        served = await _calls([app], key, prompts, calls)
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway") as client:
-            for i in range(calls):
-                body = {"model": "router-ml/auto", "messages": [{"role": "user", "content": prompts[i % len(prompts)]}]}
-                answer = await client.post("/v1/chat/completions", headers={"authorization": f"Bearer {key}"},
-                                           json=body)
-                assert answer.status_code == 200, answer.text
-                served.append(answer.json()["model"])
-                await app.state.shadow.drain()
             quality = await client.get("/v1/analytics/quality", headers={"authorization": f"Bearer {key}"})
         return served, quality.json()
 
     served, quality = asyncio.run(go())
-    point = steering.points.get("acme")
-    if point is not None:  # the API shows where this process steers the tenant
+    point = steering.point("acme")
+    if point is not None:  # the API shows the stored point
         shown = quality["tenants"][0]["operating_point"]
         assert (shown["level"], len(shown["changes"])) == (point.level, min(10, len(point.changes)))
     store.flush()
     kinds = pl.read_database("SELECT kind FROM calls WHERE kind IS NOT NULL", store.engine)["kind"].to_list()
-    saved = operating_points.load(store.engine)
+    saved = OperatingPointStore(store.engine).points()
     store.close()
     tenants.close()
-    return served, point, kinds, saved
+    return served, point, kinds, saved, url
 
 
 def _ties(request) -> str:
@@ -86,31 +102,85 @@ def _reference_wins(request) -> str:
 
 
 def test_a_tenant_starts_at_its_reference_and_earns_its_way_down(trained, static_encoder_dir, tmp_path):
-    served, point, kinds, saved = _serve(trained, static_encoder_dir, tmp_path, _ties, 60)
+    served, point, kinds, saved, url = _serve(trained, static_encoder_dir, tmp_path, _ties, 60)
     assert set(served[:10]) == {REFERENCE}  # before the ladder is placed: the reference alone
     assert point.level == len(point.margins) - 1  # every level proven, one step per judged call
     assert [(c.old, c.new) for c in point.changes] == [(k, k + 1) for k in range(point.level)]
     assert all("proven" in c.reason and c.estimate["lower"] >= 0.91 for c in point.changes)
     assert REFERENCE not in served[-5:]  # the cheapest model now
     assert {"shadow", "judge", "probe"} <= set(kinds)
-    resumed = Steering(target=0.9)  # a restart: the saved point, not the reference, is where it starts
-    resumed.restore(saved)
-    assert resumed.margin("acme") == point.margin and resumed.points["acme"].estimate(1) == point.estimate(1)
+    assert saved["acme"].version == 1 + len(point.changes)  # placed, then one save per move
+    store = CallStore(url)
+    resumed = Steering(OperatingPointStore(store.engine), target=0.9)  # a restart resumes from the stored point
+    assert resumed.margin("acme") == float("-inf")
+    resumed.refresh()
+    assert resumed.margin("acme") == point.margin and resumed.point("acme").estimate(1) == point.estimate(1)
+    store.close()
 
 
 def test_a_tenant_whose_cheaper_answers_lose_stays_at_its_reference(trained, static_encoder_dir, tmp_path):
-    served, point, kinds, saved = _serve(trained, static_encoder_dir, tmp_path, _reference_wins, 40)
-    assert set(served) == {REFERENCE} and point.level == 0 and point.changes == [] and saved == {}
+    served, point, kinds, saved, _ = _serve(trained, static_encoder_dir, tmp_path, _reference_wins, 40)
+    assert set(served) == {REFERENCE} and point.level == 0 and point.changes == [] and saved["acme"].version == 1
     top = len(point.margins) - 1
     assert point.estimate(top).upper < 0.9 and "probe" in kinds  # the cheaper levels were graded, and lost
 
 
-def test_a_request_may_ask_for_a_margin_itself_without_a_tenant(trained, static_encoder_dir):
+def test_two_workers_on_one_call_log_steer_a_tenant_as_one(trained, static_encoder_dir, tmp_path):
+    """Calls alternate between two apps (workers) on one database: one ladder (the first stored), every judged
+    call's labels count for both, each move is saved once from the version read, and the other worker adopts it at
+    its next judged call or refresh."""
+    _, _, prompts = trained
+    url = f"sqlite:///{tmp_path}/calls.db"
+    store, tenants = CallStore(url), TenantStore(url)
+    tenants.create_tenant("acme", reference_model=REFERENCE)
+    key = tenants.issue_key("acme")
+    (one, first), (two, second) = (_app(trained, static_encoder_dir, store, tenants, _ties) for _ in range(2))
+    served = asyncio.run(_calls([one, two], key, prompts, 60))
+    first.refresh()
+    second.refresh()
+    stored = OperatingPointStore(store.engine).point("acme")
+    assert first.held["acme"].ladder == second.held["acme"].ladder == stored.state["ladder"]
+    assert first.margin("acme") == second.margin("acme") == stored.state["margins"][stored.state["level"]]
+    point = first.point("acme")
+    assert point.level == len(point.margins) - 1 and stored.version == 1 + len(point.changes)
+    assert [(c.old, c.new) for c in point.changes] == [(k, k + 1) for k in range(point.level)]  # no move lost
+    assert REFERENCE not in served[-5:]
+    store.close()
+    tenants.close()
+
+
+def test_feedback_on_judged_calls_corrects_the_judge(trained, static_encoder_dir, tmp_path):
+    """A judge that calls every answer as good as the reference's, and a client whose feedback says the served
+    answers were wrong: the exact labels join the stored labels and pull the level's estimate down."""
+    _, _, prompts = trained
+    url = f"sqlite:///{tmp_path}/calls.db"
+    store, tenants = CallStore(url), TenantStore(url)
+    tenants.create_tenant("acme", reference_model=REFERENCE)
+    key = tenants.issue_key("acme")
+    app, steering = _app(trained, static_encoder_dir, store, tenants, _ties, min_labels=1000)
+    asyncio.run(_calls([app], key, prompts, 30))
+    level = len(steering.point("acme").margins) - 1  # the cheapest level: its answers are mostly not the reference's
+    before = steering.point("acme").estimate(level)
+    store.flush()
+    labelled = pl.read_database(f"SELECT graded_call, reference_call FROM online_labels WHERE level = {level}",
+                                store.engine)
+    for graded, reference in labelled.iter_rows():
+        store.feedback(graded, 0.0 if graded != reference else 1.0)
+        store.feedback(reference, 1.0)
+    after = steering.point("acme").estimate(level)
+    assert before.exact == 0 and after.exact == before.labels >= 2
+    assert after.share < before.share and after.upper < 0.9
+    store.close()
+    tenants.close()
+
+
+def test_a_request_may_ask_for_a_margin_itself_without_a_tenant(trained, static_encoder_dir, tmp_path):
     directory, models, prompts = trained
     providers = {m: HandlerProvider(lambda r, m=m: f"the answer of {m}") for m in models}
     providers[JUDGE] = HandlerProvider(_ties)
-    app = create_app(directory, providers, encoder=StaticEncoder(static_encoder_dir), shadow=ShadowSettings(JUDGE),
-                     steering=Steering())
+    store = CallStore(f"sqlite:///{tmp_path}/calls.db")
+    app = create_app(directory, providers, store=store, encoder=StaticEncoder(static_encoder_dir),
+                     shadow=ShadowSettings(JUDGE), steering=Steering(OperatingPointStore(store.engine)))
     body = {"model": "router-ml/auto", "messages": [{"role": "user", "content": prompts[0]}],
             "router_ml": {"reference": REFERENCE, "margin": -1.0}}
 
@@ -120,3 +190,4 @@ def test_a_request_may_ask_for_a_margin_itself_without_a_tenant(trained, static_
 
     answer = asyncio.run(go())
     assert answer.status_code == 200 and answer.json()["model"] == REFERENCE  # within -1 of it: only itself
+    store.close()

@@ -5,8 +5,6 @@ range's default end, where a forecast starts, the budget periods) is the app's c
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import math
 from datetime import datetime
 
 from fastapi import APIRouter, Query, Request
@@ -92,13 +90,10 @@ async def quality(request: Request, scope: Viewer, start: str | None = None, end
     def report() -> dict:
         store.flush(timeout=FLUSH_TIMEOUT_S)
         found = analytics.quality(store.engine, scope, first, last, confidence)
-        for row in found["tenants"]:  # where this process steers the tenant: its operating point and last moves
-            point = steering.points.get(row["tenant"]) if steering is not None else None
+        for row in found["tenants"]:  # a steered tenant's stored operating point and its last moves
+            point = steering.describe(row["tenant"]) if steering is not None else None
             if point is not None:
-                row["operating_point"] = {"level": point.level, "levels": len(point.margins),
-                                          "margin": point.margin if math.isfinite(point.margin) else None,
-                                          "estimate": point.estimate().as_dict(),
-                                          "changes": [dataclasses.asdict(c) for c in point.changes[-10:]]}
+                row["operating_point"] = point
         return found
 
     return await asyncio.to_thread(report)

@@ -6,7 +6,8 @@ the quality estimate (:func:`router_ml.serve.observability.analytics.quality`).
 
 With online steering (:mod:`router_ml.serve.gateway.steering`) a sampled call also gets *probes*: the models the
 levels near the tenant's operating point would have served. Those answers are asked for and judged against the
-reference's too (verdicts of kind 'probe'), and every level's label goes to the tenant's operating point.
+reference's too (verdicts of kind 'probe'), and every level's label goes to the tenant's operating point, stored
+beside it (:meth:`~router_ml.serve.gateway.steering.Steering.judged`).
 
 It never delays or changes an answer: the work runs in a task of its own, started after the call was logged.
 A call is considered when its tenant has a reference model the gateway serves and another model answered it or
@@ -23,9 +24,11 @@ import time
 import uuid
 from dataclasses import dataclass
 
+from router_ml.calllog.operating_points import Label
 from router_ml.calllog.record import CallRecord
 from router_ml.clock import SYSTEM_CLOCK, Clock
 from router_ml.serve.gateway.judge import JudgeError, judge
+from router_ml.serve.gateway.steering import Probes
 from router_ml.serve.providers.base import ProviderError
 
 logger = logging.getLogger(__name__)
@@ -71,8 +74,8 @@ class ShadowJudge:
         if self.rng.random() >= self.settings.rate or self._spent_today(tenant.name) >= self.settings.cap_usd_day:
             return None
         steered = self.steering is not None and call.decision is not None and reference in call.bundle.models
-        probes = self.steering.probes(tenant.name, call.decision, call.bundle.models, reference) if steered else {}
-        if answer.model == reference and all(m == reference for m in probes.values()):
+        probes = self.steering.probes(tenant.name, call.decision, call.bundle.models, reference) if steered else None
+        if answer.model == reference and (probes is None or all(m == reference for m in probes.models.values())):
             return None  # nothing to compare
         task = asyncio.get_running_loop().create_task(self._judge(call, answer, reference, probes))
         self._tasks.add(task)
@@ -91,8 +94,8 @@ class ShadowJudge:
         key = (tenant, self.clock.now().date().isoformat())
         self._spent[key] = self._spent.get(key, 0.0) + (usd or 0.0)
 
-    async def _answer(self, call, model: str) -> str | None:
-        """``model``'s answer to the call, logged as a shadow row; None when it failed (logged too)."""
+    async def _answer(self, call, model: str) -> tuple[str, str] | None:
+        """``model``'s answer to the call and the id of its shadow row; None when it failed (logged too)."""
         started = time.perf_counter()
         try:
             result = await asyncio.wait_for(self.providers[model].complete(call.upstream_request(model)),
@@ -102,30 +105,32 @@ class ShadowJudge:
             return None
         cost = self.cost(model, result.usage)
         self._add_spend(call.tenant.name, cost)
-        self._log(call, model, "shadow", started, response=result.text, usage=result.usage, cost_usd=cost)
-        return result.text
+        row = self._log(call, model, "shadow", started, response=result.text, usage=result.usage, cost_usd=cost)
+        return result.text, row
 
-    async def _verdict(self, call, kind: str, graded: str, reference: str):
-        """The judge's Judgment of ``graded`` against ``reference``, logged as a row of ``kind``; None on failure."""
+    async def _verdict(self, call, kind: str, graded: tuple[str, str], reference: tuple[str, str]):
+        """The judge's Judgment of the ``graded`` answer against the ``reference`` one (each (text, the id of its
+        row)), logged as a row of ``kind`` naming both rows; None on failure."""
         settings, started = self.settings, time.perf_counter()
+        ids = {"graded": graded[1], "against": reference[1]}
         try:
-            verdict = await judge(self.providers[settings.judge_model], settings.judge_model, call.prompt, graded,
-                                  reference, settings.timeout_s)
+            verdict = await judge(self.providers[settings.judge_model], settings.judge_model, call.prompt, graded[0],
+                                  reference[0], settings.timeout_s)
         except JudgeError as exc:
-            self._log(call, settings.judge_model, kind, started, error=str(exc))
+            self._log(call, settings.judge_model, kind, started, error=str(exc), **ids)
             return None
         cost = self.cost(settings.judge_model, verdict.usage)
         self._add_spend(call.tenant.name, cost)
         self._log(call, settings.judge_model, kind, started, usage=verdict.usage, cost_usd=cost,
                   response=f"routed {verdict.routed:.3f}, reference {verdict.reference:.3f}, "
                            f"{'consistent' if verdict.consistent else 'the two orders disagree'}",
-                  judge_routed=verdict.routed, judge_reference=verdict.reference)
+                  judge_routed=verdict.routed, judge_reference=verdict.reference, **ids)
         return verdict
 
-    async def _judge(self, call, answer, reference: str, probes: dict[int, str]) -> None:
+    async def _judge(self, call, answer, reference: str, probes: Probes | None) -> None:
         served = answer.model
-        answers = {served: answer.result.text}
-        for model in {reference, *probes.values()} - {served}:
+        answers = {served: (answer.result.text, call.call_id)}  # model -> (its answer, the id of its row)
+        for model in {reference, *(probes.models.values() if probes else ())} - {served}:
             answers[model] = await self._answer(call, model)
         if answers[reference] is None:
             return
@@ -135,22 +140,25 @@ class ShadowJudge:
                                           answers[reference])
             if verdict is not None:
                 verdicts[model] = (verdict.routed, verdict.reference)
-        if not probes or not verdicts:
+        if probes is None or not verdicts:
             return
         reference_score = next(iter(verdicts.values()))[1]  # a level that serves the reference keeps its score
-        for level, model in probes.items():
+        labels = []
+        for level, model in probes.models.items():
             same = (reference_score, reference_score) if model == reference else (None, None)
             routed, ref = verdicts.get(model, same)
             if routed is not None:
-                self.steering.label(call.tenant.name, level, routed, ref, 1.0 / self.settings.rate)
-        if self.steering.update(call.tenant.name, time.time()) is not None:
-            try:
-                await asyncio.to_thread(self.steering.persist, call.tenant.name)
-            except Exception:  # the point moved in this process; the stored one catches up at the next move
-                logger.exception("operating point of tenant %s not saved", call.tenant.name)
+                labels.append(Label(level, call.call_id, answers[model][1], answers[reference][1], routed, ref,
+                                    1.0 / self.settings.rate))
+        try:
+            await asyncio.to_thread(self.steering.judged, call.tenant.name, probes.ladder, labels, time.time())
+        except Exception:  # the labels of this call are lost to the operating point; the verdict rows are logged
+            logger.exception("labels of call %s not stored for tenant %s's operating point", call.call_id,
+                             call.tenant.name)
 
     def _log(self, call, model: str, kind: str, started: float, error: str | None = None, usage=None,
-             **fields) -> None:
+             **fields) -> str:
+        """Log one judging row; its call id."""
         record = CallRecord(call_id=uuid.uuid4().hex, prompt=call.prompt, model=model,
                             status="error" if error else "ok", http_status=502 if error else 200,
                             latency_ms=(time.perf_counter() - started) * 1000, tenant=call.tenant.name,
@@ -159,9 +167,9 @@ class ShadowJudge:
                             output_tokens=usage.output_tokens if usage else None, **fields)
         if error:
             logger.warning("shadow judging of call %s: %s", call.call_id, error)
-        if self.store is None:
-            return
-        try:
-            self.store.record(record)
-        except (ValueError, OSError) as exc:  # counted by the store as rejected
-            logger.error("shadow judging row of call %s not logged: %s", call.call_id, exc)
+        if self.store is not None:
+            try:
+                self.store.record(record)
+            except (ValueError, OSError) as exc:  # counted by the store as rejected
+                logger.error("shadow judging row of call %s not logged: %s", call.call_id, exc)
+        return record.call_id

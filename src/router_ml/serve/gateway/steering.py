@@ -7,88 +7,199 @@ A tenant starts at the reference alone. Its ladder of margins is placed on the r
 ``ladder_calls`` routed calls (:func:`~router_ml.online.controller.ladder`: rungs where 5%, 10%, 20% ... of its
 traffic would leave the reference); from then on, a call the shadow judge samples is also asked which model each
 level near the current one would have chosen (the *probes* it grades), so that the cheaper levels gather labels
-while the current one serves: no steering work on a call that is not judged. Each move is saved through ``saver`` (the gateway's is
-:func:`router_ml.calllog.operating_points.save`) and :meth:`Steering.restore` resumes from what was saved, so a
-restart keeps the operating point. Between saves the state lives in the process: each worker steers on its own
-labels (the last to move writes the stored point).
+while the current one serves: no steering work on a call that is not judged.
+
+The points and their labels live in the call log's database (:class:`~router_ml.calllog.operating_points.
+OperatingPointStore`), so every worker and replica steers a tenant alike: a judged call's labels are stored, the
+point is rebuilt from the stored state and the stored labels (feedback labels included), and a move is saved only
+from the version that was read. The first worker to place a tenant's ladder stores it; the others adopt it.
+:meth:`Steering.refresh` (at start, then every few seconds: :func:`keep_fresh`) adopts what other workers moved,
+so a restart resumes from the stored point. The hot path reads only the margin held in memory.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
+import threading
+import uuid
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from router_ml.calllog.operating_points import Label, OperatingPointStore
 from router_ml.online.controller import AWAY_SHARES, OperatingPoint, ladder
 from router_ml.routers.policy import choose_near_reference
 
 logger = logging.getLogger(__name__)
 
+MOVE_ATTEMPTS = 3  # a move lost to another worker's is recomputed from the stored point this many times
+
+
+@dataclass
+class Held:
+    """A tenant's point as this process holds it: the ladder it belongs to and the stored version it was read
+    at (None: placed here and not stored yet)."""
+
+    point: OperatingPoint
+    ladder: str
+    version: int | None
+
+
+@dataclass(frozen=True)
+class Probes:
+    """The levels a judged call grades (the current one and a few cheaper), the model each would serve for its
+    prompt, and the ladder they belong to."""
+
+    ladder: str
+    models: dict[int, str]
+
 
 class Steering:
     """The operating points of the tenants (see the module docstring)."""
 
-    def __init__(self, target: float = 0.95, confidence: float = 0.8, min_labels: int = 20, probe_levels: int = 3,
-                 ladder_calls: int = 100, away_shares=AWAY_SHARES, saver=None):
-        self.target, self.confidence, self.min_labels, self.saver = target, confidence, min_labels, saver
+    def __init__(self, book: OperatingPointStore, target: float = 0.95, confidence: float = 0.8,
+                 min_labels: int = 20, probe_levels: int = 3, ladder_calls: int = 100, away_shares=AWAY_SHARES,
+                 window: int = 1000):
+        self.book, self.target, self.confidence, self.min_labels = book, target, confidence, min_labels
         self.probe_levels, self.ladder_calls, self.away_shares = probe_levels, ladder_calls, away_shares
-        self.points: dict[str, OperatingPoint] = {}
+        self.window = window
+        self.held: dict[str, Held] = {}
         self._seen: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+        self._lock = threading.Lock()  # one store round at a time per process: judged calls, refreshes, reports
 
-    def restore(self, states: dict[str, dict]) -> None:
-        """Resume the tenants' operating points from saved states (``OperatingPoint.state()`` by tenant)."""
-        for tenant, state in states.items():
-            self.points[tenant] = OperatingPoint.from_state(state)
-            logger.info("tenant %s: operating point resumed at level %d", tenant, self.points[tenant].level)
-
-    def persist(self, tenant: str) -> None:
-        """Save the tenant's operating point through ``saver`` (blocking: call it from a worker thread)."""
-        if self.saver is not None and tenant in self.points:
-            self.saver(tenant, self.points[tenant].state())
-
+    # ----------------------------------------------------------------- the hot path (memory only)
     def margin(self, tenant: str) -> float:
         """The tenant's current margin: -inf (the reference alone) until its ladder is placed."""
-        point = self.points.get(tenant)
-        return point.margin if point is not None else -math.inf
+        held = self.held.get(tenant)
+        return held.point.margin if held is not None else -math.inf
 
     def placed(self, tenant: str) -> bool:
-        return tenant in self.points
+        return tenant in self.held
 
     def place(self, tenant: str, decision, models: list[str], reference: str) -> None:
         """One routed call's predictions (its :class:`~router_ml.bundle.Decision` over ``models``) toward placing
-        the tenant's ladder, which is placed at the ``ladder_calls``-th."""
+        the tenant's ladder, which is placed at the ``ladder_calls``-th (and stored at the next refresh or judged
+        call)."""
         seen = self._seen.setdefault(tenant, [])
         seen.append(_predictions(decision))
         if len(seen) < self.ladder_calls:
             return
         qualities, costs = np.stack([q for q, _ in seen]), np.stack([c for _, c in seen])
         margins = ladder(qualities, costs, models.index(reference), self.away_shares)
-        self.points[tenant] = OperatingPoint(target=self.target, confidence=self.confidence, margins=margins,
-                                             min_labels=self.min_labels)
+        point = OperatingPoint(target=self.target, confidence=self.confidence, margins=margins,
+                               min_labels=self.min_labels, window=self.window)
+        self.held[tenant] = Held(point, uuid.uuid4().hex, None)
         del self._seen[tenant]
         logger.info("tenant %s: operating point ladder placed at margins %s", tenant, margins)
 
-    def probes(self, tenant: str, decision, models: list[str], reference: str) -> dict[int, str]:
-        """{level: model} for the current level and the cheaper ones graded with it, from one routed call's
-        decision over ``models``; {} before the tenant's ladder is placed. Asked only for a call being judged."""
-        point = self.points.get(tenant)
-        if point is None:
-            return {}
+    def probes(self, tenant: str, decision, models: list[str], reference: str) -> Probes | None:
+        """The levels one routed call (its decision over ``models``) is graded at; None before the tenant's ladder
+        is placed. Asked only for a call being judged."""
+        held = self.held.get(tenant)
+        if held is None:
+            return None
+        point = held.point
         quality, cost = _predictions(decision)
         top, ref = len(point.margins) - 1, models.index(reference)
-        return {level: models[int(choose_near_reference(quality[None], cost[None], ref, point.margins[level])[0])]
-                for level in range(point.level, min(top, point.level + self.probe_levels) + 1)}
+        return Probes(held.ladder, {
+            level: models[int(choose_near_reference(quality[None], cost[None], ref, point.margins[level])[0])]
+            for level in range(point.level, min(top, point.level + self.probe_levels) + 1)})
 
-    def label(self, tenant: str, level: int, routed: float, reference: float, weight: float) -> None:
-        self.points[tenant].observe(level, routed, reference, weight=weight)
+    # ----------------------------------------------------------------- the store (blocking: worker threads)
+    def refresh(self) -> None:
+        """Store the ladders placed here that are not stored yet, and adopt every stored point newer than the one
+        held (moved by another worker, or stored before a restart)."""
+        with self._lock:
+            self._refresh()
 
-    def update(self, tenant: str, at: float):
-        """Move the tenant's operating point if its labels say so; the change (logged), or None."""
-        change = self.points[tenant].update(at)
-        if change is not None:
-            logger.info("tenant %s: operating point %d -> %d: %s", tenant, change.old, change.new, change.reason)
-        return change
+    def _refresh(self) -> None:
+        for tenant, held in list(self.held.items()):
+            if held.version is None and self.book.save(tenant, _state(held), None):
+                held.version = 1
+        for tenant, stored in self.book.points().items():
+            held = self.held.get(tenant)
+            if held is None or held.version is None or held.version < stored.version:
+                self._adopt(tenant, stored.state, stored.version)
+
+    def judged(self, tenant: str, ladder_id: str, labels: list[Label], at: float):
+        """Store one judged call's labels, then move the tenant's point if the stored labels say so; the change
+        (logged), or None. A move another worker saved first is recomputed from its point."""
+        with self._lock:
+            self.book.add_labels(tenant, ladder_id, labels)
+            return self._move(tenant, ladder_id, at)
+
+    def _move(self, tenant: str, ladder_id: str, at: float):
+        for _ in range(MOVE_ATTEMPTS):
+            held = self._current(tenant)
+            if held is None or held.ladder != ladder_id:
+                return None  # the labels belong to a ladder this tenant no longer has
+            change = held.point.update(at)
+            if change is None:
+                return None
+            if self.book.save(tenant, _state(held), held.version):
+                held.version += 1
+                logger.info("tenant %s: operating point %d -> %d: %s", tenant, change.old, change.new, change.reason)
+                return change
+        logger.warning("tenant %s: operating point not moved: other workers kept moving it", tenant)
+        return None
+
+    def point(self, tenant: str) -> OperatingPoint | None:
+        """The tenant's point as stored, with the stored labels (feedback labels included); None before its
+        ladder is placed."""
+        with self._lock:
+            held = self._current(tenant)
+        return held.point if held is not None else None
+
+    def describe(self, tenant: str) -> dict | None:
+        """The tenant's stored point: level, margin, the current level's estimate, the last moves."""
+        point = self.point(tenant)
+        if point is None:
+            return None
+        return {"level": point.level, "levels": len(point.margins),
+                "margin": point.margin if math.isfinite(point.margin) else None,
+                "estimate": point.estimate().as_dict(), "changes": [asdict(c) for c in point.changes[-10:]]}
+
+    def _current(self, tenant: str) -> Held | None:
+        """The tenant's point as stored, with the stored labels (its ladder stored first if only placed here)."""
+        held = self.held.get(tenant)
+        if held is not None and held.version is None and self.book.save(tenant, _state(held), None):
+            held.version = 1
+        stored = self.book.point(tenant)
+        if stored is None:
+            return None
+        held = self._adopt(tenant, stored.state, stored.version)
+        for level, labels in enumerate(self.book.labels(tenant, held.ladder, len(held.point.margins), self.window)):
+            for label in labels:
+                held.point.observe(level, *label)
+        return held
+
+    def _adopt(self, tenant: str, state: dict, version: int) -> Held:
+        old = self.held.get(tenant)
+        point = OperatingPoint.from_state({**state, "labels": [[] for _ in state["margins"]]})
+        held = self.held[tenant] = Held(point, state["ladder"], version)
+        self._seen.pop(tenant, None)
+        if old is None or old.point.level != point.level or old.ladder != held.ladder:
+            logger.info("tenant %s: operating point at level %d (stored version %d)", tenant, point.level, version)
+        return held
+
+
+async def keep_fresh(steering: Steering, every_s: float) -> None:
+    """Refresh ``steering`` from the store now and every ``every_s`` seconds (a failed refresh is logged and
+    retried at the next)."""
+    while True:
+        try:
+            await asyncio.to_thread(steering.refresh)
+        except Exception:
+            logger.exception("operating points not refreshed from the store")
+        await asyncio.sleep(every_s)
+
+
+def _state(held: Held) -> dict:
+    """What is stored of a point: its state without labels (they have their own table), with its ladder's id."""
+    state = held.point.state()
+    return {**state, "labels": [], "ladder": held.ladder}
 
 
 def _predictions(decision) -> tuple[np.ndarray, np.ndarray]:
