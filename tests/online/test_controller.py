@@ -56,8 +56,19 @@ def test_it_steps_back_at_once_when_the_bound_falls_and_a_restart_keeps_its_stat
     assert "fell below the target" in changes[0].reason and changes[0].estimate["lower"] < 0.9
 
 
+@pytest.mark.parametrize("max_step, first_move", [(1, (0, 1)), (2, (0, 2)), (3, (0, 2))])
+def test_a_move_skips_to_the_cheapest_proven_level_within_max_step(arc, max_step, first_move):
+    point = OperatingPoint(target=0.9, margins=(-math.inf, -0.1, 0.0, math.inf), min_labels=30, max_step=max_step)
+    changes = _feed(point, arc, {1: "near", 2: "near", 3: "cheap"}, range(400))
+    assert (changes[0].old, changes[0].new) == first_move and "level 2 proven" in changes[-1].reason
+    assert point.level == 2  # the cheap level never proves, however far a move may go
+    assert OperatingPoint.from_state(json.loads(json.dumps(point.state()))).max_step == max_step
+
+
 def test_settings_are_checked():
     with pytest.raises(ValueError, match="target"):
         OperatingPoint(target=1.5)
     with pytest.raises(ValueError, match="margins"):
         OperatingPoint(margins=(0.0, 0.1))
+    with pytest.raises(ValueError, match="max_step"):
+        OperatingPoint(max_step=0)

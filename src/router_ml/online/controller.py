@@ -8,7 +8,8 @@ those levels would have served for that prompt against the reference's (the shad
 served answer did not come from), so each level gathers unbiased labels whatever level serves. A level is *proven* when its quality share's lower
 confidence bound is at or above the target with at least ``min_labels`` labels; each level above 0 starts with
 ``prior`` pseudo-labels of a complete loss, so that a handful of lucky labels proves nothing. The controller
-serves the current level while it stays proven, steps one level cheaper when that level is proven, and when the
+serves the current level while it stays proven, moves to the cheapest proven level at most ``max_step`` levels
+cheaper (the levels a judged call grades are the ones that can be proven), and when the
 current level's bound falls below the target it goes back at once to the cheapest proven level above it (level
 0 is proven by definition). Moving cheaper asks for ``hysteresis`` more than the target, so that a level whose
 bound hovers at the target does not flap. Every change is recorded with its reason and the estimate behind it.
@@ -56,13 +57,15 @@ class OperatingPoint:
     """The operating point of one tenant (or one prompt cluster of it); see the module docstring."""
 
     def __init__(self, *, target: float = 0.95, confidence: float = 0.8, margins=MARGINS, min_labels: int = 30,
-                 window: int = 1000, prior: int = 1, hysteresis: float = 0.01):
+                 window: int = 1000, prior: int = 1, hysteresis: float = 0.01, max_step: int = 1):
         if not 0 < target <= 1:
             raise ValueError(f"target must be a share in (0, 1], not {target}")
         if margins[0] != -math.inf or list(margins) != sorted(margins):
             raise ValueError("margins must rise from -inf (the reference alone)")
+        if max_step < 1:
+            raise ValueError(f"max_step must be at least one level, not {max_step}")
         self.target, self.confidence, self.margins = target, confidence, tuple(margins)
-        self.min_labels, self.prior, self.hysteresis = min_labels, prior, hysteresis
+        self.min_labels, self.prior, self.hysteresis, self.max_step = min_labels, prior, hysteresis, max_step
         self.level = 0
         self.changes: list[Change] = []
         # per level: (routed, reference, exact routed, exact reference, weight)
@@ -105,15 +108,14 @@ class OperatingPoint:
             reason = (f"lower bound {current.lower:.3f} of level {self.level} fell below the target "
                       f"{self.target:.3f}")
             return self._move(at, new, reason, current)
-        cheaper = self.level + 1
-        if cheaper == len(self.margins):
-            return None
-        estimate = self.estimate(cheaper)
-        if not self._clears(estimate, self.hysteresis):
-            return None
-        reason = (f"level {cheaper} proven: lower bound {estimate.lower:.3f} >= target {self.target:.3f} "
-                  f"+ {self.hysteresis:.3f} on {estimate.labels} labels")
-        return self._move(at, cheaper, reason, estimate)
+        reach = range(self.level + 1, min(len(self.margins) - 1, self.level + self.max_step) + 1)
+        for cheaper in reversed(reach):
+            estimate = self.estimate(cheaper)
+            if self._clears(estimate, self.hysteresis):
+                reason = (f"level {cheaper} proven: lower bound {estimate.lower:.3f} >= target {self.target:.3f} "
+                          f"+ {self.hysteresis:.3f} on {estimate.labels} labels")
+                return self._move(at, cheaper, reason, estimate)
+        return None
 
     def _move(self, at: float, new: int, reason: str, estimate: ShareEstimate) -> Change:
         change = Change(at, self.level, new, reason, estimate.as_dict())
@@ -124,7 +126,8 @@ class OperatingPoint:
     def state(self) -> dict:
         """Everything needed to resume after a restart (JSON-safe but for infinite margins)."""
         return {"target": self.target, "confidence": self.confidence, "margins": list(self.margins),
-                "min_labels": self.min_labels, "prior": self.prior, "hysteresis": self.hysteresis, "level": self.level,
+                "min_labels": self.min_labels, "prior": self.prior, "hysteresis": self.hysteresis,
+                "max_step": self.max_step, "level": self.level,
                 "window": self._labels[0].maxlen, "labels": [list(map(list, q)) for q in self._labels],
                 "changes": [asdict(c) for c in self.changes]}
 
@@ -132,7 +135,7 @@ class OperatingPoint:
     def from_state(cls, state: dict) -> OperatingPoint:
         point = cls(target=state["target"], confidence=state["confidence"], margins=state["margins"],
                     min_labels=state["min_labels"], window=state["window"], prior=state["prior"],
-                    hysteresis=state["hysteresis"])
+                    hysteresis=state["hysteresis"], max_step=state.get("max_step", 1))
         point.level = state["level"]
         for queue, labels in zip(point._labels, state["labels"]):
             queue.extend(tuple(label) for label in labels)

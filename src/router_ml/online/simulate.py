@@ -73,9 +73,9 @@ class Settings:
     ones) would serve another model than the reference, with a probability that falls as the stream goes on:
     ``sample_rate / 2 * sqrt(horizon / t)`` at call t (capped at 1), so that labels come early, when the
     operating point needs them, and about ``sample_rate`` of the first ``horizon`` calls are judged. Other calls
-    are judged at ``quiet_rate`` (the judge then grades the reference's answer alone: no shadow call). The ladder of margins
-    (:func:`~router_ml.online.controller.ladder` at ``away_shares``) is placed on the predictions of the stream's
-    first ``ladder_calls`` calls."""
+    are judged at ``quiet_rate`` (the judge then grades the reference's answer alone: no shadow call). The ladder of
+    margins (:func:`~router_ml.online.controller.ladder` at ``away_shares``) is placed on the predictions of the
+    stream's first ``ladder_calls`` calls; a move cheaper skips to the cheapest proven level up to ``max_step`` away."""
 
     target: float = 0.95
     confidence: float = 0.8
@@ -83,6 +83,7 @@ class Settings:
     horizon: int = 2000
     quiet_rate: float = 0.01
     probe_levels: int = 3
+    max_step: int = 1
     exact_share: float = 0.1
     flip_rate: float = 0.0
     min_labels: int = 30
@@ -117,7 +118,7 @@ def run_stream(stream: Stream, reference: int, settings: Settings = Settings(), 
     choices = np.stack([choose_near_reference(stream.predicted_quality, stream.predicted_cost, reference, margin)
                         for margin in margins])
     point = OperatingPoint(target=settings.target, confidence=settings.confidence, margins=margins,
-                           min_labels=settings.min_labels)
+                           min_labels=settings.min_labels, max_step=settings.max_step)
     served, level = np.empty(n, dtype=int), np.empty(n, dtype=int)
     judged = np.zeros(n, dtype=bool)
     shadow_usd, judge_usd = np.zeros(n), np.zeros(n)

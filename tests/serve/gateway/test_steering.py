@@ -101,11 +101,17 @@ def _reference_wins(request) -> str:
     return f'{{"score_a": {10 if REFERENCE in a else 2}, "score_b": {10 if REFERENCE in b else 2}}}'
 
 
+def _chained(changes, max_step: int) -> bool:
+    """Whether the moves go down from the reference one after another (none lost), each at most ``max_step``."""
+    return all(c.old == (changes[k - 1].new if k else 0) and 0 < c.new - c.old <= max_step
+               for k, c in enumerate(changes))
+
+
 def test_a_tenant_starts_at_its_reference_and_earns_its_way_down(trained, static_encoder_dir, tmp_path):
     served, point, kinds, saved, url = _serve(trained, static_encoder_dir, tmp_path, _ties, 60)
     assert set(served[:10]) == {REFERENCE}  # before the ladder is placed: the reference alone
-    assert point.level == len(point.margins) - 1  # every level proven, one step per judged call
-    assert [(c.old, c.new) for c in point.changes] == [(k, k + 1) for k in range(point.level)]
+    assert point.level == len(point.margins) - 1  # every level proven, at most max_step levels per move
+    assert _chained(point.changes, 3)
     assert all("proven" in c.reason and c.estimate["lower"] >= 0.91 for c in point.changes)
     assert REFERENCE not in served[-5:]  # the cheapest model now
     assert {"shadow", "judge", "probe"} <= set(kinds)
@@ -143,7 +149,7 @@ def test_two_workers_on_one_call_log_steer_a_tenant_as_one(trained, static_encod
     assert first.margin("acme") == second.margin("acme") == stored.state["margins"][stored.state["level"]]
     point = first.point("acme")
     assert point.level == len(point.margins) - 1 and stored.version == 1 + len(point.changes)
-    assert [(c.old, c.new) for c in point.changes] == [(k, k + 1) for k in range(point.level)]  # no move lost
+    assert _chained(point.changes, 3)  # no move lost
     assert REFERENCE not in served[-5:]
     store.close()
     tenants.close()

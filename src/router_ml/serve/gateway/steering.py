@@ -61,10 +61,10 @@ class Steering:
 
     def __init__(self, book: OperatingPointStore, target: float = 0.95, confidence: float = 0.8,
                  min_labels: int = 20, probe_levels: int = 3, ladder_calls: int = 100, away_shares=AWAY_SHARES,
-                 window: int = 1000):
+                 window: int = 1000, max_step: int = 3):
         self.book, self.target, self.confidence, self.min_labels = book, target, confidence, min_labels
         self.probe_levels, self.ladder_calls, self.away_shares = probe_levels, ladder_calls, away_shares
-        self.window = window
+        self.window, self.max_step = window, max_step
         self.held: dict[str, Held] = {}
         self._seen: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
         self._lock = threading.Lock()  # one store round at a time per process: judged calls, refreshes, reports
@@ -89,7 +89,7 @@ class Steering:
         qualities, costs = np.stack([q for q, _ in seen]), np.stack([c for _, c in seen])
         margins = ladder(qualities, costs, models.index(reference), self.away_shares)
         point = OperatingPoint(target=self.target, confidence=self.confidence, margins=margins,
-                               min_labels=self.min_labels, window=self.window)
+                               min_labels=self.min_labels, window=self.window, max_step=self.max_step)
         self.held[tenant] = Held(point, uuid.uuid4().hex, None)
         del self._seen[tenant]
         logger.info("tenant %s: operating point ladder placed at margins %s", tenant, margins)
