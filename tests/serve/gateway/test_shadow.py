@@ -46,7 +46,9 @@ def _judge(right: str):
     return handler
 
 
-def test_a_routed_call_is_judged_after_its_answer_and_logged_apart(bundle, static_encoder_dir, tmp_path, case):
+def _served(bundle, static_encoder_dir, tmp_path, case):
+    """An app whose tenant 'acme' has GPT-4 as reference, Mistral 7B answering wrong, a judge grading by the
+    recorded outcome: (app, call store, tenant store, key, providers, a request for Mistral 7B)."""
     url = f"sqlite:///{tmp_path}/calls.db"
     store, tenants = CallStore(url), TenantStore(url)
     tenants.create_tenant("acme", reference_model=REFERENCE)
@@ -57,6 +59,11 @@ def test_a_routed_call_is_judged_after_its_answer_and_logged_apart(bundle, stati
     app = create_app(bundle, providers, store=store, encoder=StaticEncoder(static_encoder_dir), tenants=tenants,
                      shadow=ShadowSettings(JUDGE, rate=1.0))
     body = {"model": CHEAP, "messages": [{"role": "user", "content": case["prompt"]}]}
+    return app, store, tenants, key, providers, body
+
+
+def test_a_routed_call_is_judged_after_its_answer_and_logged_apart(bundle, static_encoder_dir, tmp_path, case):
+    app, store, tenants, key, providers, body = _served(bundle, static_encoder_dir, tmp_path, case)
 
     async def go():
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway") as client:
@@ -87,6 +94,30 @@ def test_a_routed_call_is_judged_after_its_answer_and_logged_apart(bundle, stati
     report = quality.json()
     assert report["judged_calls"] == 1 and report["judged_away"]["share"] == 0.0
     assert report["tenants"][0]["tenant"] == "acme" and report["tenants"][0]["judging_usd"] == totals["judging_usd"]
+    store.close()
+    tenants.close()
+
+
+def test_a_streamed_call_is_judged_on_the_answer_it_streamed(bundle, static_encoder_dir, tmp_path, case):
+    app, store, tenants, key, providers, body = _served(bundle, static_encoder_dir, tmp_path, case)
+
+    async def go():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway") as client:
+            async with client.stream("POST", "/v1/chat/completions", json={**body, "stream": True},
+                                     headers={"authorization": f"Bearer {key}"}) as streamed:
+                text = "".join([line async for line in streamed.aiter_lines()])
+            await app.state.shadow.drain()
+            return streamed.status_code, text
+
+    status, text = asyncio.run(go())
+    assert status == 200 and "[DONE]" in text
+    store.flush()
+    rows = pl.read_database("SELECT call_id, kind, judges, graded, judge_routed, judge_reference FROM calls",
+                            store.engine)
+    served = rows.filter(pl.col("kind").is_null())["call_id"].to_list()
+    verdict = rows.filter(pl.col("kind") == "judge").row(0, named=True)
+    assert len(served) == 1 and verdict["judges"] == verdict["graded"] == served[0]
+    assert (verdict["judge_routed"], verdict["judge_reference"]) == (0.0, 1.0)  # the streamed text was judged
     store.close()
     tenants.close()
 

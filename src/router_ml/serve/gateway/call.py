@@ -291,6 +291,9 @@ class Gateway:
             self.log(call.record(model, "ok", 200, response="".join(parts), cost_usd=cost,
                                  input_tokens=usage.input_tokens, output_tokens=usage.output_tokens))
             logged = True
+            if self.shadow is not None:  # judged like a completed call, on the text it streamed
+                self.shadow.consider(call, Answer(model, ChatResult("".join(parts), "stop", usage), cost,
+                                                  call.elapsed_ms()))
             yield StreamEnd(usage, cost)
         except ProviderError as exc:
             self._log_failure(call, model, exc, response="".join(parts))
