@@ -1,6 +1,7 @@
 """Routing decision latency in-process: one prompt at a time, encoder + predictor + cost policy.
 
-Also loads the default bundle (models/default) and times the decision path the gateway runs (Gateway.plan).
+Also loads the default bundle (models/default) and times the decision path the gateway runs (Gateway.plan), and
+what the online quality loop adds to it (a tenant at its operating point; a call the shadow judge samples).
 
 Trains a kNN quality router on RouteLLM's MMLU and GSM8K prompts (gpt-4-1106 vs
 Mixtral, real outcomes) and times `route(prompt)` on held-out prompts, per encoder.
@@ -13,6 +14,7 @@ import json
 import os
 import platform
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -30,6 +32,7 @@ RESULTS = PROJECT_ROOT / "benchmarks" / "results"
 STATIC = PROJECT_ROOT / "models" / "minilm-static"
 DEFAULT_BUNDLE = PROJECT_ROOT / "models" / "default"
 CALLS = {"minilm-l6-v2": 300, "minilm-static-256": 3000}
+REFERENCE = "gpt-4-1106-preview"  # the default bundle's strongest model: a steered tenant's reference
 
 
 def _matrix():
@@ -86,18 +89,67 @@ def measure_bundle(bundle_dir, prompts: list[str], calls: int) -> dict:
         request = ChatRequest(AUTO, [{"role": "user", "content": prompt}])
         return gateway.plan(None, request, policy, None, prompt, False).candidates[0]
 
-    for prompt in prompts[:20]:  # warm up
-        route(prompt)
+    return {"encoder": bundle.meta["encoder"]["id"], "bundle": bundle.version, "models": len(bundle.models),
+            "router": bundle.meta["router"]["class"], "load_s": round(load_s, 3), **_timed(route, prompts, calls)}
+
+
+def _timed(action, items, calls: int) -> dict:
+    """p50/p99/mean in ms of ``action(item)`` over the first ``calls`` items, after 20 to warm up."""
+    for item in items[:20]:
+        action(item)
     timings = []
-    for prompt in prompts[:calls]:
+    for item in items[:calls]:
         started = time.perf_counter()
-        route(prompt)
+        action(item)
         timings.append((time.perf_counter() - started) * 1000)
     timings = np.array(timings)
-    return {"encoder": bundle.meta["encoder"]["id"], "bundle": bundle.version, "models": len(bundle.models),
-            "router": bundle.meta["router"]["class"], "calls": len(timings), "load_s": round(load_s, 3),
-            "p50_ms": round(float(np.percentile(timings, 50)), 3), "p99_ms": round(float(np.percentile(timings, 99)), 3),
-            "mean_ms": round(float(timings.mean()), 3)}
+    return {"calls": len(timings), "p50_ms": round(float(np.percentile(timings, 50)), 3),
+            "p99_ms": round(float(np.percentile(timings, 99)), 3), "mean_ms": round(float(timings.mean()), 3)}
+
+
+def measure_steering(bundle_dir, prompts: list[str], calls: int, scratch: Path) -> dict:
+    """What the online quality loop adds to a decision (:mod:`router_ml.serve.gateway.steering`): the plan of a
+    tenant routed at its operating point beside the plan of the same tenant without steering, and the work a
+    call the shadow judge samples adds on the hot path (the probes: the model each graded level would serve).
+    Sampling itself is one coin flip; the judging runs after the answer, in a task of its own."""
+    import random
+    from datetime import datetime, timezone
+
+    from router_ml.calllog.operating_points import OperatingPointStore
+    from router_ml.calllog.store import CallStore
+    from router_ml.routers.policy import Policy
+    from router_ml.serve.api.schemas import AUTO, parse_auto_model
+    from router_ml.serve.gateway.call import Gateway
+    from router_ml.serve.gateway.steering import Steering
+    from router_ml.serve.providers.base import ChatRequest
+    from router_ml.serve.state import BundleHolder
+    from router_ml.serve.tenancy.tenants import Tenant
+
+    bundles = BundleHolder(bundle_dir)
+    bundle = bundles.current
+    reference = REFERENCE
+    tenant = Tenant(1, "bench", datetime.now(timezone.utc), Policy(), None, None, None, None, None, False, reference)
+    store = CallStore(f"sqlite:///{scratch}/calls.db")
+    steering = Steering(OperatingPointStore(store.engine), ladder_calls=100)
+    plain, steered = (Gateway(bundles, providers=dict.fromkeys(bundle.models), steering=s) for s in (None, steering))
+    policy = parse_auto_model(AUTO)
+
+    def plan(gateway):
+        return lambda prompt: gateway.plan(tenant, ChatRequest(AUTO, [{"role": "user", "content": prompt}]), policy,
+                                           None, prompt, False)
+
+    for prompt in prompts[:100]:  # the tenant's ladder is placed on its first calls, then it moves two levels
+        plan(steered)(prompt)
+    steering.held["bench"].point.level = 2
+    decisions = [plan(steered)(p).decision for p in prompts[:calls]]
+    coin = random.Random(0)
+    found = {"reference": reference, "plan": _timed(plan(plain), prompts, calls),
+            "plan_steered": _timed(plan(steered), prompts, calls),
+            "probes_of_a_sampled_call": _timed(lambda d: steering.probes("bench", d, bundle.models, reference),
+                                               decisions, calls),
+            "sampling_coin_flip": _timed(lambda _: coin.random() < 0.03, prompts, calls)}
+    store.close()
+    return found
 
 
 def main() -> None:
@@ -108,9 +160,11 @@ def main() -> None:
     results = [measure(encoder, matrix, CALLS[encoder.encoder_id])
                for encoder in (StaticEncoder(STATIC), MiniLMEncoder())]
     bundle = measure_bundle(DEFAULT_BUNDLE, matrix.prompts["prompt"].to_list(), 3000)
+    with tempfile.TemporaryDirectory() as scratch:
+        steering = measure_steering(DEFAULT_BUNDLE, matrix.prompts["prompt"].to_list(), 3000, Path(scratch))
     report = {"benchmark": "decision_latency", "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
               "router": "kNN (k=50) quality router + lambda policy, gpt-4-1106 vs Mixtral", "results": results,
-              "default_bundle": bundle,
+              "default_bundle": bundle, "online_steering": steering,
               "runtime_s": round(time.perf_counter() - started, 1)}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "decision_latency.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -120,6 +174,10 @@ def main() -> None:
     print(f"default bundle {bundle['bundle']} ({bundle['router']}, {bundle['models']} models, {bundle['encoder']}): "
           f"loads in {bundle['load_s']} s; decision p50 {bundle['p50_ms']:.3f} ms, p99 {bundle['p99_ms']:.3f} ms "
           "(token count, features, predictions, policy)")
+    print(f"online steering: plan p50 {steering['plan']['p50_ms']:.3f} ms, steered "
+          f"{steering['plan_steered']['p50_ms']:.3f} ms; a sampled call's probes p50 "
+          f"{steering['probes_of_a_sampled_call']['p50_ms']:.3f} ms; the coin flip "
+          f"{steering['sampling_coin_flip']['p50_ms']:.3f} ms")
     print(f"decision latency benchmark: {report['runtime_s']} s -> {RESULTS / 'decision_latency.json'}")
 
 

@@ -4,10 +4,14 @@ Streams (each replayed in 20 random orders by router_ml.online.simulate):
 - the modern pool (ZeroEval's models that answered every benchmark): each benchmark held out in turn, routed by
   the matrix-factorization router trained (optuna on validation) on the other two, the reference being the best
   single model on validation, static calibration being today's policy calibrated on validation to keep 95%;
-- RouterBench's test split, per task, routed by the default bundle (its 11 models, reference GPT-4).
+- MMLU-Pro's 13 models: a quarter of its questions (by duplicate group), routed by a matrix-factorization router
+  trained on the rest (a stream of thousands of calls, where the shadow share is judged);
+- RouterBench's test split, per task and all tasks as one stream, routed by the default bundle (its 11 models,
+  reference GPT-4).
 
 The loop's settings (sampling rate, labels before a level counts as proven, levels graded per judged call,
-confidence) are chosen on the modern pool's VALIDATION streams (prompts of the benchmarks the router trained on):
+confidence, how many levels a move may skip) are chosen on the VALIDATION streams (the modern pool's: prompts of
+the benchmarks the router trained on; MMLU-Pro's: questions held out from its router's fit):
 the setting with the best mean net cost cut among those whose target held in at least 95% of the orders of every
 validation stream (a margin for the shift to the test streams), with a noiseless and a 10%-noisy judge. Writes
 benchmarks/results/online_quality.json and online_quality.png. Run with `make bench`.
@@ -32,14 +36,17 @@ from router_ml.features import PromptFeaturizer
 from router_ml.online.simulate import Settings, Stream, simulate, stream_from_outcomes
 from router_ml.plots import plot_operating_point
 from router_ml.routers.policy import apply, best_single_model, calibrate
-from router_ml.train import complete_rows, fit_cost, make_router, search
+from router_ml.split import group_holdout
+from router_ml.train import build_dataset, complete_rows, fit_cost, make_router, search
 
 RESULTS = PROJECT_ROOT / "benchmarks" / "results"
 DEFAULT_BUNDLE = PROJECT_ROOT / "models" / "default"
 ORDERS = 20
 FLIPS = (0.0, 0.1)
-GRID = [{"sample_rate": rate, "min_labels": labels, "probe_levels": probe, "confidence": confidence}
-        for rate in (0.05, 0.1) for labels in (20, 40) for probe in (3, 9) for confidence in (0.8, 0.9)]
+GRID = [{"sample_rate": rate, "min_labels": labels, "probe_levels": probe, "confidence": confidence, "max_step": step}
+        for rate in (0.05, 0.1) for labels in (20, 40) for probe in (3, 9) for confidence in (0.7, 0.8, 0.9)
+        for step in (1, 3)]
+MMLU_PRO_TEST = 0.25  # the share of MMLU-Pro's questions (by duplicate group) replayed as the test stream
 HELD = 0.95  # the share of orders a validation stream must hold the target in: above the 90% asked on test
 
 
@@ -67,12 +74,37 @@ def modern_pool_streams(outcomes: pl.DataFrame, featurize, n_trials: int = 6) ->
     return streams
 
 
+def mmlu_pro_streams(outcomes: pl.DataFrame, featurize, n_trials: int = 6) -> tuple[Stream, Stream, str]:
+    """(validation stream, test stream, reference) on MMLU-Pro's 13 models: a stream long enough to judge the
+    shadow share on (thousands of calls), routed by a matrix-factorization router trained on other MMLU-Pro
+    questions (held out by duplicate group: a tenant whose traffic the router has seen the like of)."""
+    rows = outcomes.filter((pl.col("source") == "mmlu_pro") & pl.col("quality").is_not_null())
+    data = complete_rows(build_dataset(rows, sorted(rows["model"].unique().to_list()), featurize))
+    rest, test_idx = group_holdout(data.groups, MMLU_PRO_TEST, seed=2)
+    train, test = data.take(rest), data.take(test_idx)
+    fit_idx, val_idx = group_holdout(train.groups, 0.2, seed=1)
+    fit, val = train.take(fit_idx), train.take(val_idx)
+    best, _ = search("mf", fit, val, n_trials, 0)
+    router = make_router("mf", **best).fit(fit.X, fit.matrix.quality)
+    cost = fit_cost(fit)
+    val_q, test_q = router.predict(val.X), router.predict(test.X)
+    val_c, test_c = cost.predict(val.input_tokens), cost.predict(test.input_tokens)
+    calibration = calibrate(val_q, val_c, val.matrix.quality, val.matrix.cost, "quality_share", 0.95)
+    reference = val.matrix.models[best_single_model(val.matrix.quality, val.matrix.cost)]
+    return (_stream("mmlu-pro validation", val, val_q, val_c),
+            _stream("mmlu-pro: held-out questions", test, test_q, test_c, apply(calibration, test_q, test_c)),
+            reference)
+
+
 def routerbench_streams(outcomes: pl.DataFrame) -> list[tuple[Stream, str]]:
-    """RouterBench's test split per task, routed by the default bundle, reference GPT-4."""
+    """RouterBench's test split per task and as a whole (one tenant's mixed traffic), routed by the default
+    bundle, reference GPT-4."""
     bundle = load_bundle(DEFAULT_BUNDLE)
     rows = outcomes.filter((pl.col("source") == "routerbench") & (pl.col("split") == "test"))
-    return [(stream_from_outcomes(rows.filter(pl.col("task") == task), bundle, f"routerbench: {task} (test)"),
-             "gpt-4-1106-preview") for task in sorted(rows["task"].unique().to_list())]
+    per_task = [(rows.filter(pl.col("task") == task), f"routerbench: {task} (test)")
+                for task in sorted(rows["task"].unique().to_list())]
+    return [(stream_from_outcomes(part, bundle, name), "gpt-4-1106-preview")
+            for part, name in [*per_task, (rows, "routerbench: all tasks (test)")]]
 
 
 def choose_settings(validation: list[tuple[Stream, str]]) -> tuple[Settings, list[dict]]:
@@ -100,8 +132,9 @@ def main() -> None:
     static_dir = get_settings().static_encoder
     encoder = StaticEncoder(static_dir) if (static_dir / "model.safetensors").is_file() else \
         build_static_encoder(static_dir)
-    pool = modern_pool_streams(outcomes, PromptFeaturizer(encoder.encode).transform)
-    print(f"modern pool streams in {time.perf_counter() - started:.0f} s", flush=True)
+    featurize = PromptFeaturizer(encoder.encode).transform
+    pool = [*modern_pool_streams(outcomes, featurize), mmlu_pro_streams(outcomes, featurize)]
+    print(f"modern pool and MMLU-Pro streams in {time.perf_counter() - started:.0f} s", flush=True)
     settings, tried = choose_settings([(val, reference) for val, _, reference in pool])
     print(f"chosen on validation: {settings}", flush=True)
     streams = [(test, reference) for _, test, reference in pool] + routerbench_streams(outcomes)

@@ -5,8 +5,8 @@ traffic away from the reference, so that each step moves a known share of calls.
 
 A judged call is graded at the current level and a few cheaper ones at once: the judge scores the answer each of
 those levels would have served for that prompt against the reference's (the shadow call asks the models the
-served answer did not come from), so each level gathers unbiased labels whatever level serves. A level is *proven* when its quality share's lower
-confidence bound is at or above the target with at least ``min_labels`` labels; each level above 0 starts with
+served answer did not come from), so each level gathers unbiased labels whatever level serves. A level is
+*proven* when its quality share's lower confidence bound is at or above the target with at least ``min_labels`` labels; each level above 0 starts with
 ``prior`` pseudo-labels of a complete loss, so that a handful of lucky labels proves nothing. The controller
 serves the current level while it stays proven, moves to the cheapest proven level at most ``max_step`` levels
 cheaper (the levels a judged call grades are the ones that can be proven), and when the
