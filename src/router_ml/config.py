@@ -67,7 +67,8 @@ class Settings(BaseSettings):
     """Key of the gateway's /admin/* endpoints (sent as 'Authorization: Bearer'); unset: they answer 403."""
     judge_model: str | None = None
     """A served model that judges routed answers against the tenant's reference model's (shadow judging,
-    serve/gateway/shadow.py); unset: no shadow judging."""
+    serve/gateway/shadow.py); unset: no shadow judging. With the replay provider, 'replay-judge' grades by the
+    answers' recorded quality."""
     shadow_rate: float = 0.03
     """With a judge model: the share of a tenant's routed calls (answered by another model than its reference
     model) that are also sent to the reference and judged, after the client has its answer."""

@@ -10,6 +10,7 @@ from router_ml.clock import SYSTEM_CLOCK, Clock
 from router_ml.serve.api import admin, analytics, chat, dashboard, errors, feedback, meta, metrics, route
 from router_ml.serve.gateway.call import Gateway, call_cost
 from router_ml.serve.gateway.shadow import ShadowJudge
+from router_ml.serve.observability.analytics import Scope, recent_quality as quality_report
 from router_ml.serve.observability.metrics import Metrics, RequestMetrics
 from router_ml.serve.state import BundleHolder
 
@@ -57,6 +58,8 @@ def create_app(bundle_dir: Path | BundleHolder, providers: dict, store=None, enc
     app.state.steering = steering
     app.state.shadow = (ShadowJudge(shadow, app.state.providers, store, call_cost, clock, steering=steering)
                         if shadow is not None else None)
+    if app.state.shadow is not None and hasattr(store, "engine"):  # the judged quality reaches /metrics
+        app.state.metrics.watch_quality(lambda: quality_report(store.engine, Scope(None, admin=True), clock), clock)
     app.state.gateway = Gateway(app.state.bundles, app.state.providers, store=store, metrics=app.state.metrics,
                                 limits=limits, cache=cache, shadow=app.state.shadow, steering=steering)
     app.add_middleware(RequestMetrics, metrics=app.state.metrics, routes=app.routes)  # outermost: counts 413s

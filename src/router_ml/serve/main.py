@@ -5,6 +5,8 @@ bundle from the outcomes table, or RouterBench's slice of it when the full table
 ``openai`` sends every model to one OpenAI-compatible base URL (``ROUTER_ML_UPSTREAM_BASE_URL``, key from
 ``ROUTER_ML_UPSTREAM_API_KEY``: never from code), which also reaches OpenRouter (``https://openrouter.ai/api/v1``), vLLM or Ollama; ``catalog`` reads which
 provider serves each model from ``ROUTER_ML_PROVIDERS_FILE`` (:mod:`router_ml.serve.providers.catalog`).
+With ``replay``, the judge model ``replay-judge`` grades answers by their recorded quality
+(:mod:`router_ml.serve.providers.replay_judge`), so shadow judging and online steering run offline too.
 Every model is served through its own retry and circuit-breaker wrapper. The call log goes to ``ROUTER_ML_STORE_URL``
 (SQLite under data/ by default; a PostgreSQL URL scales out), journaled in ``ROUTER_ML_STORE_JOURNAL`` so
 that a killed process loses no answered call, and flushed at shutdown. Tenants and API keys live in the same
@@ -48,6 +50,7 @@ def providers_for(models: list[str], settings, pool: UpstreamPool | None = None)
     """Model name -> provider; HTTP providers send through ``pool`` (the app's one connection pool)."""
     if settings.provider == "replay":
         from router_ml.serve.providers.replay import ReplayProvider
+        from router_ml.serve.providers.replay_judge import MODEL as REPLAY_JUDGE, ReplayJudge
 
         table = settings.replay_table()
         if not table.is_file():
@@ -55,10 +58,12 @@ def providers_for(models: list[str], settings, pool: UpstreamPool | None = None)
                              f"{settings.outcomes_path} nor the replay slice {settings.replay_path} exists; run "
                              "`router-ml datasets replay` (seconds; `router-ml serve` does it when missing)")
         frame = pl.read_parquet(table, columns=["prompt", "model", "response", "output_tokens", "input_tokens",
-                                                "latency_ms"])
-        replay = ReplayProvider.from_outcomes(frame.filter(pl.col("model").is_in(models)), models,
-                                              speed=settings.replay_speed)
-        return {m: ReliableProvider(replay, f"replay/{m}") for m in models if m in replay.models}
+                                                "latency_ms", "quality"]).filter(pl.col("model").is_in(models))
+        replay = ReplayProvider.from_outcomes(frame, models, speed=settings.replay_speed)
+        served = {m: ReliableProvider(replay, f"replay/{m}") for m in models if m in replay.models}
+        if settings.judge_model == REPLAY_JUDGE:  # grades by the recorded outcomes of the answers replayed
+            served[REPLAY_JUDGE] = ReliableProvider(ReplayJudge.from_outcomes(frame), REPLAY_JUDGE)
+        return served
     if settings.provider == "catalog":
         from router_ml.serve.providers.catalog import load_catalog
 

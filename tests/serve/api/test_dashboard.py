@@ -1,8 +1,9 @@
 """The web dashboard (/dashboard) in headless Chromium, driven by selenium through Debian's chromium and
-chromedriver: a real `router-ml serve` process answers real replay traffic sent with the openai SDK, and every
-figure the page shows must equal the analytics API's number (fetched here independently) in the page's own
-formatting. A screenshot goes to pytest's tmp_path, or to benchmarks/results/dashboard.png when
-ROUTER_ML_SCREENSHOT is set (a CI checkout stays clean)."""
+chromedriver: a real `router-ml serve` process answers real replay traffic sent with the openai SDK (tenant acme's
+routed calls shadow-judged by the replay judge, which grades by the recorded outcomes), and every figure the page
+shows must equal the analytics API's number (fetched here independently) in the page's own formatting. A
+screenshot goes to pytest's tmp_path, or to benchmarks/results/dashboard.png when ROUTER_ML_SCREENSHOT is set (a
+CI checkout stays clean)."""
 
 from __future__ import annotations
 
@@ -25,7 +26,9 @@ from servers import copy_served, free_port, served, start_server  # noqa: F401 (
 ADMIN_KEY = "rm-admin-dashboard-test"
 HEADLINE = ("saved", "saved-fraction", "routing-saved", "cache-saved", "spend", "reference", "forecast-30d",
             "forecast-30d-lo", "forecast-30d-hi", "forecast-7d", "requests", "tokens", "error-rate", "errors",
-            "cache-hit-rate", "cache-hits", "latency-p50", "latency-p95", "latency-p99")
+            "cache-hit-rate", "cache-hits", "latency-p50", "latency-p95", "latency-p99", "judging")
+QUALITY = ("quality-kept", "quality-lower", "quality-upper", "judged-calls")
+REFERENCE = "gpt-4-1106-preview"
 ABANDONED = ["Write a detailed essay on the history of tea in China, Japan and Britain.",
              "Explain, step by step and at length, how a compiler turns source code into machine code."]
 
@@ -115,13 +118,14 @@ def gateway(served, static_encoder_dir, tmp_path_factory):  # noqa: F811
     url = f"sqlite:///{tmp / 'calls.db'}"
     tenants = TenantStore(url)
     keys = {}
-    for name in ("acme", "beta"):
-        tenants.create_tenant(name)
+    for name, reference in (("acme", REFERENCE), ("beta", None)):  # only a tenant with a reference is judged
+        tenants.create_tenant(name, reference_model=reference)
         keys[name] = tenants.issue_key(name)
     port = free_port()
     process, _ = start_server(tmp, static_encoder_dir, port, key=keys["acme"],
                         env_extra={"ROUTER_ML_ADMIN_KEY": ADMIN_KEY, "ROUTER_ML_REPLAY_SPEED": "0.5",
-                                   "ROUTER_ML_CACHE": "exact"})
+                                   "ROUTER_ML_CACHE": "exact", "ROUTER_ML_JUDGE_MODEL": "replay-judge",
+                                   "ROUTER_ML_SHADOW_RATE": "1"})
     base = f"http://127.0.0.1:{port}"
     yield {"base": base, "keys": keys, "tenants": tenants, "prompts": recorded["prompt"].unique(maintain_order=True)}
     tenants.close()
@@ -185,7 +189,7 @@ def _api(base: str, key: str, path: str) -> dict:
 
 READ_FIGURES = """
 return {updates: Number(document.body.dataset.updates || 0), usage: document.body.dataset.usageQuery,
-        forecast: document.body.dataset.forecastQuery,
+        forecast: document.body.dataset.forecastQuery, quality: document.body.dataset.qualityQuery,
         figures: Array.from(document.querySelectorAll('#board [data-path]')).map(el => ({
           path: el.dataset.path, kind: el.dataset.format, value: el.dataset.value, text: el.textContent,
           metric: el.dataset.metric || null, visible: el.getClientRects().length > 0}))};
@@ -215,6 +219,28 @@ def _resolve(data: dict, path: str):
     return value
 
 
+def _judging_done(base: str, key: str, browser) -> dict:
+    """The quality report once shadow judging (after the answers, off the hot path) stopped adding rows, and the
+    page refreshed twice since: the page and the API then read the same call log."""
+    def snapshot():
+        usage = _api(base, key, "v1/analytics/usage")["totals"]
+        return usage["spend_usd"], usage["judging_usd"], _api(base, key, "v1/analytics/quality")["judged_calls"]
+
+    last = snapshot()
+    deadline = time.time() + 60
+    while True:
+        time.sleep(1.5)
+        now = snapshot()
+        if now == last:
+            break
+        if time.time() > deadline:
+            pytest.fail(f"shadow judging still adding rows after 60 s: {now}")
+        last = now
+    seen = _updates(browser)
+    _wait(lambda: _updates(browser) >= seen + 2, 15, "two refreshes after judging")
+    return _api(base, key, "v1/analytics/quality")
+
+
 def _unclocked(warning: str) -> str:
     return re.sub(r"projected \$[\d,.]+", "projected $…", warning)
 
@@ -224,9 +250,13 @@ def _check_against_api(driver, base: str, key: str) -> dict:
     the page's figures by metric name and the API's answers."""
     page = driver.execute_script(READ_FIGURES)
     assert page["updates"] >= 1 and page["usage"] and page["forecast"]
-    data = {"usage": _api(base, key, page["usage"]), "forecast": _api(base, key, page["forecast"])}
+    data = {"usage": _api(base, key, page["usage"]), "forecast": _api(base, key, page["forecast"]),
+            "quality": _api(base, key, page["quality"]) if page["quality"] else None}
     assert page["figures"], "no figures on the page"
     for figure in page["figures"]:
+        if data["quality"] is None and figure["path"].startswith("quality/"):  # the page shows it unknown
+            assert (figure["value"], figure["text"]) == ("", "—"), figure
+            continue
         expected = _resolve(data, figure["path"])
         if figure["metric"] == "warning":  # its projection moves with the clock, like projected_usd below
             assert _unclocked(figure["text"]) == _unclocked(expected) and figure["value"] == figure["text"], figure
@@ -303,7 +333,14 @@ def test_dashboard_shows_the_apis_figures_and_refreshes(gateway, browser, tmp_pa
     _wait(budget_known, 10, "the budget in the forecast")
     _wait(lambda: browser.execute_script("return document.querySelectorAll('[data-path^=\"forecast/budgets/\"]')"
                                          ".length") > 0, 10, "the budget on the page")
+    quality = _judging_done(base, keys["acme"], browser)
     seen = _check_against_api(browser, base, keys["acme"])
+    # Every routed call another model answered was judged against the reference (rate 1), and the page says so.
+    assert quality["judged_calls"] > 0 and seen["usage"]["totals"]["judging_usd"] > 0
+    assert 0 <= quality["judged_away"]["lower"] <= quality["judged_away"]["share"]
+    assert all(seen["figures"][m]["visible"] for m in QUALITY)
+    kept = browser.find_element("id", "quality").text
+    assert f"on {quality['judged_calls']} judged calls" in kept and REFERENCE in kept, kept
     totals = seen["usage"]["totals"]
     assert totals["requests"] == 40 and totals["cache_hits"] >= 8 and totals["errors"] >= 1
     assert seen["usage"]["scope"]["tenant"] == "acme" and len(seen["usage"]["tenants"]) == 1
@@ -321,6 +358,7 @@ def test_dashboard_shows_the_apis_figures_and_refreshes(gateway, browser, tmp_pa
     _wait(lambda: browser.execute_script("return document.querySelector('[data-metric=requests]').dataset.value")
           == str(want), 15, f"the page to show {want} requests")
     assert _updates(browser) > before
+    _judging_done(base, keys["acme"], browser)
     seen = _check_against_api(browser, base, keys["acme"])
     _screenshot(browser, tmp_path)
     print(f"dashboard test: {time.time() - started:.1f} s")

@@ -49,6 +49,18 @@ def judge_messages(prompt: str, answer_a: str, answer_b: str) -> list[dict]:
             {"role": "user", "content": f"[User prompt]\n{prompt}\n\n[Answer A]\n{answer_a}\n\n[Answer B]\n{answer_b}"}]
 
 
+_SHOWN = re.compile(r"\A\[User prompt\]\n(.*?)\n\n\[Answer A\]\n(.*?)\n\n\[Answer B\]\n(.*)\Z", re.DOTALL)
+
+
+def judged_parts(messages: list[dict]) -> tuple[str, str, str] | None:
+    """(prompt, answer A, answer B) of messages :func:`judge_messages` built; None for any other messages. When an
+    answer itself holds the separators, the prompt and answer A take the shortest reading."""
+    if len(messages) != 2 or messages[0].get("content") != RUBRIC or not isinstance(messages[1].get("content"), str):
+        return None
+    shown = _SHOWN.match(messages[1]["content"])
+    return (shown[1], shown[2], shown[3]) if shown else None
+
+
 def parse_scores(text: str) -> tuple[float, float]:
     """(score of A, score of B) from a judge's reply: its JSON object (also inside a code fence or prose), else
     ``score_a: 7``-style pairs. JudgeError names what is missing or out of range."""

@@ -289,3 +289,9 @@ def quality(engine: sa.Engine, scope: Scope, start: datetime, end: datetime, con
     return {"scope": {"tenant": scope.tenant, "admin": scope.admin}, "start": start.isoformat(), "end": end.isoformat(),
             "confidence": confidence, "judged_calls": len(rows), "judging_usd": sum(cost.values()),
             "judged_away": estimate([pair for pairs in by_tenant.values() for pair in pairs]), "tenants": tenants}
+
+
+def recent_quality(engine: sa.Engine, scope: Scope, clock, confidence: float = 0.8) -> dict:
+    """:func:`quality` over the default range of ``GET /v1/analytics/quality`` (the last 30 days on ``clock``)."""
+    start, end = resolve_range(None, None, "day", clock.now())
+    return quality(engine, scope, start, end, confidence)

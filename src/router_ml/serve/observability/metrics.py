@@ -17,6 +17,7 @@ of any live worker ('livemax').
 
 from __future__ import annotations
 
+import math
 import os
 import time
 
@@ -29,6 +30,7 @@ from router_ml.calllog.record import CallRecord
 CALL_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0)
 REQUEST_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 BREAKER_STATES = {"closed": 0, "half-open": 1, "open": 2}
+QUALITY_EVERY_S = 30.0  # the judged quality is a call-log query: read at most this often, at a scrape
 
 
 def multiprocess_dir() -> str | None:
@@ -71,6 +73,7 @@ class Metrics:
         self._children: dict[tuple, tuple] = {}  # label values -> bound series: label lookups off the hot path
         self._bundle_version = None
         self._store = None  # the call log whose row counters are exported (watch_store)
+        self._quality = None  # (report, clock, seconds between readings) of the judged quality (watch_quality)
 
     def _series(self, model: str, status: str, cache: str) -> tuple:
         key = (model, status, cache)
@@ -141,9 +144,39 @@ class Metrics:
         self._store = store
         store.watch(counted)
 
+    def watch_quality(self, report, clock, every_s: float = QUALITY_EVERY_S) -> None:
+        """Export the judged quality of all tenants together: ``report()`` (an
+        :func:`~router_ml.serve.observability.analytics.quality` report) is read at a scrape when the last reading
+        is ``every_s`` old on ``clock`` (it queries the call log; scrapes run off the event loop). The share is of
+        the routed calls another model than the reference answered (``judged_away``), with its interval."""
+        self.quality_kept = Gauge("router_ml_quality_kept_share", "Quality routed calls kept of the reference "
+                                  "model's (shadow-judged, last 30 days): the estimate and its interval's bounds",
+                                  ["bound"], multiprocess_mode="livemostrecent", registry=self.registry)
+        self.judged_calls = Gauge("router_ml_judged_calls", "Shadow-judged calls with a verdict, last 30 days",
+                                  multiprocess_mode="livemostrecent", registry=self.registry)
+        self.judging_usd = Gauge("router_ml_judging_usd", "USD spent on shadow and judge calls, last 30 days",
+                                 multiprocess_mode="livemostrecent", registry=self.registry)
+        self._quality = (report, clock, every_s)
+        self._quality_read_at: float | None = None
+
+    def _read_quality(self) -> None:
+        report, clock, every_s = self._quality
+        now = clock.now().timestamp()
+        if self._quality_read_at is not None and now - self._quality_read_at < every_s:
+            return
+        found = report()
+        self._quality_read_at = now
+        self.judged_calls.set(found["judged_calls"])
+        self.judging_usd.set(found["judging_usd"])
+        estimate = found["judged_away"]
+        for bound, key in (("estimate", "share"), ("lower", "lower"), ("upper", "upper")):
+            self.quality_kept.labels(bound).set(math.nan if estimate[key] is None else estimate[key])
+
     def render(self) -> tuple[bytes, str]:
-        """The exposition (body, content type): this process's breakers and bundle refreshed first, then every
-        worker's values summed when in multiprocess mode."""
+        """The exposition (body, content type): this process's breakers, bundle and judged quality refreshed first,
+        then every worker's values summed when in multiprocess mode."""
+        if self._quality is not None:
+            self._read_quality()
         if self._store is not None:
             self.dead_letter.set(len(self._store.dead_letter))
         for provider in self.providers.values():

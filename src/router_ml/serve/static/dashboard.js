@@ -17,7 +17,7 @@ const SVG_NS = "http://www.w3.org/2000/svg";
 const state = {
   key: null, admin: false, tenant: "", knownTenants: new Set(),
   range: "24h", bucket: "hour", acc: "cum", refreshS: 5,
-  usage: null, forecast: null, timer: null, busy: false, updates: 0, generation: 0,
+  usage: null, forecast: null, quality: null, timer: null, busy: false, updates: 0, generation: 0,
 };
 
 /* ---------- formatting (tests/serve/api/test_dashboard.py mirrors these rules) ---------- */
@@ -112,7 +112,7 @@ function figure(path, kind, extra) {
 }
 
 function lookup(path) {
-  let v = { usage: state.usage, forecast: state.forecast };
+  let v = { usage: state.usage, forecast: state.forecast, quality: state.quality };
   for (const part of path.split("/")) {
     if (v === null || v === undefined) return undefined;
     v = v[part];
@@ -246,17 +246,21 @@ async function refresh() {
   const usageParams = { bucket: state.bucket, start: rangeStart().toISOString().replace(".000Z", "Z"),
     tenant: state.tenant };
   const forecastParams = { horizon: 30, tenant: state.tenant };
+  const qualityParams = { start: usageParams.start, tenant: state.tenant };
   try {
-    const [usage, forecast] = await Promise.allSettled([api("v1/analytics/usage", usageParams),
-      api("v1/analytics/forecast", forecastParams)]);
+    const [usage, forecast, quality] = await Promise.allSettled([api("v1/analytics/usage", usageParams),
+      api("v1/analytics/forecast", forecastParams), api("v1/analytics/quality", qualityParams)]);
     if (generation !== state.generation) return; // the controls changed meanwhile: that refresh is on its way
     if (usage.status === "rejected") throw usage.reason;
     if (forecast.status === "rejected" && forecast.reason.status === 401) throw forecast.reason;
     state.usage = usage.value;
     state.forecast = forecast.status === "fulfilled" ? forecast.value : null;
     state.forecastError = forecast.status === "rejected" ? forecast.reason : null;
+    state.quality = quality.status === "fulfilled" ? quality.value : null;
+    state.qualityError = quality.status === "rejected" ? quality.reason : null;
     document.body.dataset.usageQuery = "v1/analytics/usage?" + query(usageParams);
     document.body.dataset.forecastQuery = "v1/analytics/forecast?" + query(forecastParams);
+    document.body.dataset.qualityQuery = state.quality ? "v1/analytics/quality?" + query(qualityParams) : "";
     render();
     state.updates += 1;
     document.body.dataset.updates = String(state.updates);
@@ -318,6 +322,7 @@ function render() {
   $("#forecast-note").textContent = state.forecastError
     ? `forecast unavailable (${state.forecastError.status || "no answer"}: ${state.forecastError.message})` : f.note || "";
   renderWarnings(f);
+  renderQuality(state.quality, refs);
   renderModels(u);
   renderBudgets(f);
   renderTenants(u);
@@ -353,6 +358,33 @@ function renderWarnings(f) {
   box.replaceChildren(...(f.warnings || []).map((w, i) => h("div", { class: "warning", role: "alert" },
     h("span", { class: "icon", "aria-hidden": "true" }, "!"),
     h("span", { "data-path": `forecast/warnings/${i}`, "data-format": "text", "data-metric": "warning" }))));
+}
+
+/** "Quality kept 96% [93–98%] of REF on N judged calls" from the shadow judge's verdicts, and the tenant's operating
+ * point when one tenant is shown; a plain note when nothing was judged. */
+function renderQuality(q, refs) {
+  const box = $("#quality");
+  const none = $("#quality-none");
+  const judged = q && q.judged_calls > 0;
+  box.hidden = !judged;
+  none.hidden = judged;
+  if (!judged) {
+    none.textContent = state.qualityError
+      ? `Quality kept: unavailable (${state.qualityError.status || "no answer"}: ${state.qualityError.message})`
+      : "Quality kept: not measured yet. No shadow-judged calls in this range (the gateway judges a sample of " +
+        "routed calls when ROUTER_ML_JUDGE_MODEL is set and the tenant has a reference model).";
+    return;
+  }
+  $(".quality-reference", box).textContent = refs.length === 1 ? refs[0] : "each tenant's reference model";
+  const point = $("#operating-point");
+  const steered = q.tenants.length === 1 && q.tenants[0].operating_point;
+  point.replaceChildren();
+  if (steered) {
+    point.append("Operating point: level ",
+      figure("quality/tenants/0/operating_point/level", "int", { "data-metric": "operating-level" }), " of ",
+      figure("quality/tenants/0/operating_point/levels", "int", { "data-metric": "operating-levels" }),
+      " (0 is the reference model; higher levels route more calls to cheaper models)");
+  }
 }
 
 function renderModels(u) {
