@@ -99,15 +99,16 @@ def test_a_router_trained_on_the_call_log_loads_and_decides(env, zeroeval, outco
     result = invoke(*TRAIN, "--from-store", "--store-url", url, "--out", str(env / "bundle"))
     assert result.exit_code == 0, result.output
     assert len(writer_threads()) == threads_before  # the store was closed
-    assert (f"call log {url}: 270 outcome(s) from 271 call(s) with feedback; not used: 10 answered without "
-            "feedback yet, 2 failed, 1 superseded") in result.output
+    assert (f"call log {url}: 270 outcome(s) from 271 answer(s) with feedback, 0 judged without feedback (0 "
+            "verdict(s)); not used: 10 answered without feedback or a verdict yet, 2 failed, 1 superseded"
+            ) in result.output
     assert "trained on 270 of 270 outcomes" in result.output
     assert "aiq" in result.output  # every logged prompt has all three models: the test split is scored
 
     meta = json.loads((env / "bundle" / META_FILE).read_text())
     store = meta["data"]["store"]
     assert store["url"] == url and store["outcomes"] == 270 and store["calls_with_feedback"] == 271
-    assert (store["calls_without_feedback"], store["failed_calls"], store["superseded_calls"]) == (10, 2, 1)
+    assert (store["calls_unlabelled"], store["failed_calls"], store["superseded_calls"]) == (10, 2, 1)
     assert len(store["outcomes_sha256"]) == 64 and "outcomes_sha256" not in meta["data"]  # no parquet table read
     assert meta["models"] == ZEROEVAL_MODELS
     n_val = meta["data"]["prompts"]["validation"]
@@ -165,7 +166,7 @@ def test_one_model_per_prompt_cannot_be_calibrated_and_says_why(env, zeroeval):
     result = invoke(*TRAIN, "--from-store", "--out", str(env / "bundle"))
     assert result.exit_code == 1
     output = " ".join(result.output.split())
-    assert "training on the call log" in output and "(90 outcome(s) with feedback on 3 models)" in output
+    assert "training on the call log" in output and "(90 labelled outcome(s) on 3 models)" in output
     assert "cannot calibrate the policy" in output and "with 1 model" in output
     assert not (env / "bundle").exists()
 
@@ -197,10 +198,10 @@ def test_too_little_feedback_names_what_is_missing(env, zeroeval):
     result = invoke(*TRAIN, "--from-store", "--min-prompts", "200", "--out", str(env / "bundle"))
     assert result.exit_code == 1
     output = " ".join(result.output.split())
-    assert (f"training on the call log {url} (12 outcome(s) with feedback on 1 model): a router needs at least "
+    assert (f"training on the call log {url} (12 labelled outcome(s) on 1 model): a router needs at least "
             "two models with at least 200 outcomes each (--min-prompts); the selection holds 12 outcomes with a "
             "known quality on 1 model(s): gpt-4o-2024-05-13 (12)") in output
-    assert "5 answered without feedback yet" in output
+    assert "5 answered without feedback or a verdict yet" in output
     assert not (env / "bundle").exists()
 
 
@@ -209,8 +210,9 @@ def test_a_call_log_without_feedback_or_without_a_file(env, zeroeval):
     record(url, zeroeval.head(4), feedback=False)
     result = invoke(*TRAIN, "--from-store")
     assert result.exit_code == 1
-    assert "holds no call with feedback (4 answered call(s) without feedback, 0 failed)" in " ".join(
-        result.output.split())
+    output = " ".join(result.output.split())
+    assert "holds no labelled answer (4 answered call(s) without feedback, none judged" in output
+    assert "ROUTER_ML_JUDGE_MODEL" in output and "POST /v1/feedback" in output and "0 failed)" in output
 
     missing = env / "absent.db"
     result = invoke(*TRAIN, "--from-store", "--store-url", f"sqlite:///{missing}")
@@ -219,7 +221,7 @@ def test_a_call_log_without_feedback_or_without_a_file(env, zeroeval):
 
 
 def test_store_options_need_from_store(env):
-    for args in (("--store-url", "sqlite:///x.db"), ("--with-outcomes",)):
+    for args in (("--store-url", "sqlite:///x.db"), ("--with-outcomes",), ("--no-judged",)):
         result = invoke(*TRAIN, *args)
         assert result.exit_code == 2 and "needs --from-store" in result.output
     assert not Path("x.db").exists()
@@ -232,5 +234,93 @@ def test_a_postgresql_call_log(postgres_url, zeroeval, outcomes):
     record(postgres_url, outcomes.filter(pl.col("source") == "routerbench").head(4), feedback=False)
     table, info = outcomes_from_store(postgres_url)
     assert table.height == 30 and sorted(table["quality"]) == sorted(zeroeval.head(30)["quality"])
-    assert (info["calls_with_feedback"], info["calls_without_feedback"], info["failed_calls"]) == (30, 4, 1)
+    assert (info["calls_with_feedback"], info["calls_unlabelled"], info["failed_calls"]) == (30, 4, 1)
     assert "router_ml:router_ml@" not in info["url"] and "***" in info["url"]  # the password is not kept
+
+
+REFERENCE, CHEAP = "gpt-4o-2024-05-13", ("Meta-Llama-3.1-8B-Instruct", "gemma-2-2b-it")
+
+
+def record_judged(url: str, rows: pl.DataFrame, misjudged: int) -> dict:
+    """Log ``rows`` as the gateway logs routed traffic that its shadow judge graded: each prompt's call served by
+    one cheap model (taking turns), the reference's shadow answer, a probe's shadow answer of the other cheap model,
+    and the two verdicts (routed against reference, probe against reference) whose scores are the recorded
+    qualities. The first ``misjudged`` prompts get a wrong verdict on the routed answer (its score flipped), which
+    feedback then corrects, and a reference score flipped in the probe's comparison (the two verdicts disagree).
+    Also a failed shadow answer and a failed verdict. Returns (prompt, model) -> the expected label."""
+    by_prompt = rows.partition_by("prompt_id", as_dict=True, maintain_order=True)  # the store derives its own ids
+    expected, feedback = {}, []
+    with CallStore(url) as store:
+        for i, answers in enumerate(by_prompt.values()):
+            answer = {r["model"]: r for r in answers.iter_rows(named=True)}
+            served, probe = CHEAP[i % 2], CHEAP[1 - i % 2]
+            call_id = store.record(_call(answer[served], routed=True))
+            ref_id = store.record(_call(answer[REFERENCE], kind="shadow", judges=call_id))
+            probe_id = store.record(_call(answer[probe], kind="shadow", judges=call_id))
+            q_served, q_ref, q_probe = (answer[m]["quality"] for m in (served, REFERENCE, probe))
+            wrong = i < misjudged
+            verdict = {"prompt": answer[served]["prompt"], "model": REFERENCE, "task": answer[served]["task"],
+                       "input_tokens": 900, "output_tokens": 40, "cost_usd": 0.01, "cost_source": "tokens_x_price",
+                       "latency_ms": 800.0, "status": "ok", "http_status": 200, "judges": call_id}
+            store.record({**verdict, "kind": "judge", "graded": call_id, "against": ref_id,
+                          "judge_routed": 1 - q_served if wrong else q_served, "judge_reference": q_ref})
+            store.record({**verdict, "kind": "probe", "graded": probe_id, "against": ref_id,
+                          "judge_routed": q_probe, "judge_reference": 1 - q_ref if wrong else q_ref})
+            if wrong:
+                feedback.append((call_id, q_served))
+            prompt = answer[served]["prompt"]
+            expected[prompt, served], expected[prompt, probe] = q_served, q_probe
+            expected[prompt, REFERENCE] = (q_ref + (1 - q_ref)) / 2 if wrong else q_ref
+        first = answers.row(0, named=True)
+        store.record({**_call(first, kind="shadow", judges=call_id), "status": "error", "http_status": 502,
+                      "error": "gpt-4o answer failed"})
+        store.record({"prompt": first["prompt"], "model": REFERENCE, "task": first["task"], "kind": "judge",
+                      "judges": call_id, "graded": call_id, "against": ref_id, "status": "error",
+                      "http_status": 502, "error": "judge timed out"})
+        store.flush()
+        for call_id, quality in feedback:
+            store.feedback(call_id, quality)
+    return expected
+
+
+def test_shadow_judged_pairs_train_the_next_router(env, zeroeval, static_encoder_dir):
+    from router_ml.train import outcomes_from_store
+
+    url = f"sqlite:///{env / 'calls.db'}"
+    assert set(zeroeval["quality"].unique()) <= {0.0, 1.0}
+    expected = record_judged(url, zeroeval, misjudged=5)
+    assert sum(0 < q < 1 for q in expected.values()) == 5  # the disagreeing verdicts' mean
+
+    table, info = outcomes_from_store(url)
+    got = {(r["prompt"], r["model"]): r["quality"] for r in table.iter_rows(named=True)}
+    assert got == pytest.approx(expected) and table.height == 270  # verdict rows are never outcomes
+    assert (info["calls_with_feedback"], info["calls_judged"], info["verdicts"]) == (5, 265, 180)
+    assert (info["calls_unlabelled"], info["failed_calls"], info["superseded_calls"]) == (0, 2, 0)
+    feedback_only, info = outcomes_from_store(url, judged=False)
+    assert feedback_only.height == 5 and info["calls_judged"] == 265 and not info["judged_used"]
+
+    result = invoke(*TRAIN, "--from-store", "--out", str(env / "bundle"))
+    assert result.exit_code == 0, result.output
+    output = " ".join(result.output.split())
+    assert (f"call log {url}: 270 outcome(s) from 5 answer(s) with feedback, 265 judged without feedback (180 "
+            "verdict(s)); not used: 0 answered without feedback or a verdict yet, 2 failed, 0 superseded") in output
+    assert "trained on 270 of 270 outcomes" in output
+    meta = json.loads((env / "bundle" / META_FILE).read_text())
+    assert meta["models"] == ZEROEVAL_MODELS and meta["data"]["store"]["calls_judged"] == 265
+    bundle = load_bundle(env / "bundle", static_dir=static_encoder_dir)
+    assert bundle.choose(*bundle.predict(["What is 17 * 23?"], [12])).shape == (1,)
+
+    result = invoke(*TRAIN, "--from-store", "--no-judged", "--out", str(env / "feedback-only"))
+    assert result.exit_code == 1
+    output = " ".join(result.output.split())
+    assert "5 outcome(s) from 5 answer(s) with feedback; not used: 265 judged only (--no-judged)" in output
+    assert "(5 labelled outcome(s) on 2 models)" in output and not (env / "feedback-only").exists()
+
+
+def test_a_postgresql_call_log_with_judged_pairs(postgres_url, zeroeval):
+    from router_ml.train import outcomes_from_store
+
+    expected = record_judged(postgres_url, zeroeval.head(30), misjudged=2)
+    table, info = outcomes_from_store(postgres_url)
+    assert {(r["prompt"], r["model"]): r["quality"] for r in table.iter_rows(named=True)} == pytest.approx(expected)
+    assert (info["calls_with_feedback"], info["calls_judged"], info["verdicts"], info["failed_calls"]) == (2, 28, 20, 2)

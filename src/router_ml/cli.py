@@ -271,7 +271,11 @@ def train_command(
     seed: int = 0,
     outcomes: Annotated[Optional[Path], typer.Option(help="Outcomes table (default: $ROUTER_ML_OUTCOMES_PATH).")] = None,
     from_store: Annotated[bool, typer.Option("--from-store", help="Train on the gateway's call log instead: its "
-                                                                  "answered calls that got feedback.")] = False,
+                                                                  "answers that got feedback or a shadow judge's "
+                                                                  "verdict.")] = False,
+    judged: Annotated[bool, typer.Option("--judged/--no-judged", help="With --from-store: also the answers a shadow "
+                                                                      "judge graded (feedback only with "
+                                                                      "--no-judged).")] = True,
     store_url: Annotated[Optional[str], typer.Option(help="The call log --from-store reads (SQLAlchemy URL; "
                                                           "default: $ROUTER_ML_STORE_URL).")] = None,
     with_outcomes: Annotated[bool, typer.Option("--with-outcomes", help="With --from-store: train on the logged "
@@ -283,15 +287,16 @@ def train_command(
     from router_ml.bundle import file_sha256
     from router_ml.train import TrainConfig, default_output_dir, run
 
-    if not from_store and (store_url is not None or with_outcomes):
-        raise typer.BadParameter("needs --from-store", param_hint="--store-url" if store_url else "--with-outcomes")
+    if not from_store and (store_url is not None or with_outcomes or not judged):
+        hint = "--store-url" if store_url else "--with-outcomes" if with_outcomes else "--no-judged"
+        raise typer.BadParameter("needs --from-store", param_hint=hint)
     settings = get_settings()
     config = TrainConfig(name=name, router=router, sources=source or [], tasks=task or [], models=model or [],
                          min_prompts=min_prompts, test_fraction=test_fraction, n_trials=trials,
                          quality_share=quality_share, seed=seed)
     checksums, origin = {}, None
     if from_store:
-        table, checksums["store"], origin = _store_outcomes(store_url or settings.store_url)
+        table, checksums["store"], origin = _store_outcomes(store_url or settings.store_url, judged)
     if not from_store or with_outcomes:
         outcomes_path = outcomes or settings.outcomes_path
         parquet = _load_outcomes(outcomes_path)
@@ -329,17 +334,23 @@ def train_command(
                       f"({logged['tracking_uri']})")
 
 
-def _store_outcomes(url: str) -> tuple[pl.DataFrame, dict, str]:
+def _store_outcomes(url: str, judged: bool) -> tuple[pl.DataFrame, dict, str]:
     """The call log's outcomes, what was read (counted, printed) and a phrase naming it for errors."""
     from router_ml.train import outcomes_from_store
 
-    table, info = outcomes_from_store(url)
-    unused = [f"{info['calls_without_feedback']} answered without feedback yet", f"{info['failed_calls']} failed",
+    table, info = outcomes_from_store(url, judged)
+    unused = [f"{info['calls_unlabelled']} answered without feedback or a verdict yet",
+              f"{info['failed_calls']} failed",
               f"{info['superseded_calls']} superseded by a later call of the same prompt and model"]
-    console.print(f"call log {info['url']}: {info['outcomes']} outcome(s) from {info['calls_with_feedback']} call(s) "
-                  f"with feedback; not used: {', '.join(unused)}")
+    if not judged:
+        unused.insert(0, f"{info['calls_judged']} judged only (--no-judged)")
+    sources = f"{info['calls_with_feedback']} answer(s) with feedback"
+    if judged:
+        sources += f", {info['calls_judged']} judged without feedback ({info['verdicts']} verdict(s))"
+    console.print(f"call log {info['url']}: {info['outcomes']} outcome(s) from {sources}; "
+                  f"not used: {', '.join(unused)}")
     models = table["model"].n_unique()
-    origin = (f"training on the call log {info['url']} ({info['outcomes']} outcome(s) with feedback on "
+    origin = (f"training on the call log {info['url']} ({info['outcomes']} labelled outcome(s) on "
               f"{models} model{'s' if models != 1 else ''})")
     return table, info, origin
 

@@ -125,21 +125,23 @@ def selection_report(outcomes: pl.DataFrame, config: TrainConfig, models: list[s
                                  f"with fewer than {config.min_prompts} outcomes (--min-prompts)")}
 
 
-def outcomes_from_store(url: str) -> tuple[pl.DataFrame, dict]:
-    """The gateway's call log at ``url`` as an outcomes table: its 'ok' calls that got feedback
-    (:meth:`router_ml.calllog.store.CallStore.outcomes`), and what was read, counted.
+def outcomes_from_store(url: str, judged: bool = True) -> tuple[pl.DataFrame, dict]:
+    """The gateway's call log at ``url`` as an outcomes table, and what was read, counted.
 
-    The store is opened without a journal (nothing is replayed or written; a gateway that died
-    replays its journal when it next starts) and closed before returning, writer thread included.
-    A SQLite URL whose file does not exist is an error, not a new empty log. The counts: calls with
-    feedback, 'ok' calls still without feedback, failed calls (never outcomes), and repeated calls of
-    one (prompt, model) that a later one superseded (the outcomes schema keeps one per pair).
+    Its labelled answers (:meth:`router_ml.calllog.store.CallStore.outcomes`): the 'ok' calls that got feedback
+    and, with ``judged``, the answers a shadow judge graded, the routed answer and the reference's (and a probe's)
+    on the same prompt: a prompt answered by two models with a label each, what a router learns from. The
+    store is opened without a journal (nothing is replayed or written; a gateway that died replays its journal
+    when it next starts) and closed before returning, writer thread included. A SQLite URL whose file does not
+    exist is an error, not a new empty log. The counts: answers with feedback, judged answers without feedback,
+    the verdicts behind them, 'ok' answers with neither label, failed calls (never outcomes), and labelled
+    answers of one (prompt, model) that a later one superseded (the outcomes schema keeps one per pair).
     """
     import hashlib
 
     import sqlalchemy as sa
 
-    from router_ml.calllog.store import CallStore, calls
+    from router_ml.calllog.store import VERDICT_KINDS, CallStore, calls
 
     parsed = sa.engine.make_url(url)
     shown = parsed.render_as_string(hide_password=True)
@@ -149,25 +151,26 @@ def outcomes_from_store(url: str) -> tuple[pl.DataFrame, dict]:
                          "point --store-url or $ROUTER_ML_STORE_URL at it")
     store = CallStore(url)
     try:
-        no_feedback = calls.c.feedback_at.is_(None)
+        kind = sa.case((calls.c.status != "ok", "failed"), (calls.c.kind.in_(VERDICT_KINDS), "verdicts"),
+                       (calls.c.feedback_at.is_not(None), "with_feedback"),
+                       (calls.c.call_id.in_(store._judged_ids()), "judged"), else_="unlabelled").label("kind")
         with store.engine.connect() as conn:
-            groups = conn.execute(sa.select(calls.c.status, no_feedback, sa.func.count())
-                                  .group_by(calls.c.status, no_feedback)).all()
-        table = store.outcomes(with_feedback_only=True)
+            counts = {k: int(n) for k, n in conn.execute(sa.select(kind, sa.func.count()).group_by(kind))}
+        table = store.outcomes(with_feedback_only=True, judged=judged)
     finally:
         store.close()
-    counts: dict[str, int] = {}
-    for status, without, n in groups:
-        kind = "failed" if status != "ok" else "without_feedback" if without else "with_feedback"
-        counts[kind] = counts.get(kind, 0) + int(n)
-    info = {"url": shown, "calls_with_feedback": int(counts.get("with_feedback", 0)),
-            "calls_without_feedback": int(counts.get("without_feedback", 0)),
-            "failed_calls": int(counts.get("failed", 0)), "outcomes": table.height}
-    info["superseded_calls"] = info["calls_with_feedback"] - table.height
+    info = {"url": shown, "calls_with_feedback": counts.get("with_feedback", 0),
+            "calls_judged": counts.get("judged", 0), "verdicts": counts.get("verdicts", 0),
+            "judged_used": judged, "calls_unlabelled": counts.get("unlabelled", 0),
+            "failed_calls": counts.get("failed", 0), "outcomes": table.height}
+    info["superseded_calls"] = info["calls_with_feedback"] + judged * info["calls_judged"] - table.height
     if table.height == 0:
-        raise ValueError(f"the call log {shown} holds no call with feedback ({info['calls_without_feedback']} "
-                         f"answered call(s) without feedback, {info['failed_calls']} failed): give feedback with "
-                         "POST /v1/feedback (call_id and quality) before training on it")
+        judged_note = (f"{info['calls_judged']} judged, not used with --no-judged" if not judged else
+                       "none judged: a shadow judge grades a share of routed calls when ROUTER_ML_JUDGE_MODEL names "
+                       "a served model")
+        raise ValueError(f"the call log {shown} holds no labelled answer ({info['calls_unlabelled']} answered "
+                         f"call(s) without feedback, {judged_note}, {info['failed_calls']} failed): give feedback "
+                         "with POST /v1/feedback (call_id and quality) before training on it")
     key = table.sort("prompt_id", "model").select("prompt_id", "model", "quality", "cost_usd", "input_tokens", "ts")
     info["outcomes_sha256"] = hashlib.sha256(key.write_csv().encode()).hexdigest()
     return table, info

@@ -77,6 +77,7 @@ ALL_COLUMNS = tuple(c.name for c in schema.COLUMNS) + EXTRA_COLUMNS
 # a client's call; an answer asked for judging (the reference's, a probe's); the verdict on the served answer, on a
 # probe's answer
 KINDS = (None, "shadow", "judge", "probe")
+VERDICT_KINDS = ("judge", "probe")  # rows that hold a judge's scores of two other rows' answers, never an answer
 # Fields a caller must give for every call; an 'ok' call must give every non-null outcomes column
 # except those the store derives (prompt_id, group_id from the prompt; source, flags by default).
 _DERIVED = {"prompt_id", "group_id", "source", "flags"}
@@ -587,19 +588,30 @@ class CallStore:
         with self.engine.connect() as conn:
             return float(conn.execute(query).scalar_one())
 
-    def outcomes(self, with_feedback_only: bool = True) -> pl.DataFrame:
-        """The 'ok' calls as an outcomes table (conformed to :data:`router_ml.data.schema.SCHEMA`).
+    def outcomes(self, with_feedback_only: bool = True, judged: bool = False) -> pl.DataFrame:
+        """The 'ok' answers as an outcomes table (conformed to :data:`router_ml.data.schema.SCHEMA`).
 
-        Failed calls are never returned. With ``with_feedback_only`` (default) only calls that got
-        feedback. The schema allows one row per (prompt_id, model): repeated calls of one prompt on
-        one model keep the latest (by feedback_at, then ts).
+        Failed calls and verdict rows (kind 'judge', 'probe') are never returned. With ``with_feedback_only``
+        (default) only answers that got feedback; with ``judged`` also the answers a shadow judge graded (a
+        client's routed answer, the reference's and a probe's shadow answers), whose quality is the mean of the
+        judge's scores of that answer (:meth:`judge_scores`) unless feedback gave one. The schema allows one row
+        per (prompt_id, model): repeated calls of one prompt on one model keep the latest by feedback_at, then ts,
+        so an answer with feedback wins over judged ones.
         """
-        query = sa.select(*(calls.c[c.name] for c in schema.COLUMNS), calls.c.feedback_at).where(
-            calls.c.status == "ok")
+        an_answer = sa.or_(calls.c.kind.is_(None), calls.c.kind.not_in(VERDICT_KINDS))
+        query = sa.select(*(calls.c[c.name] for c in schema.COLUMNS), calls.c.feedback_at, calls.c.call_id).where(
+            calls.c.status == "ok", an_answer)
+        scores = self.judge_scores() if judged else {}
         if with_feedback_only:
-            query = query.where(calls.c.feedback_at.is_not(None))
+            labelled = calls.c.feedback_at.is_not(None)
+            if judged:
+                labelled = sa.or_(labelled, calls.c.call_id.in_(self._judged_ids()))
+            query = query.where(labelled)
         with self.engine.connect() as conn:
             rows = [dict(r._mapping) for r in conn.execute(query)]
+        for row in rows:
+            if row["feedback_at"] is None and row["call_id"] in scores:
+                row["quality"] = scores[row["call_id"]][0]
         names = [c.name for c in schema.COLUMNS]
         data: dict[str, list] = {name: [r[name] for r in rows] for name in names + ["feedback_at"]}
         data["flags"] = [json.loads(f) for f in data["flags"]]
@@ -610,4 +622,27 @@ class CallStore:
                  .unique(["prompt_id", "model"], keep="last", maintain_order=True)
                  .drop("feedback_at"))
         return schema.conform(frame)
+
+    @staticmethod
+    def _verdict_scores() -> sa.CompoundSelect:
+        """(call_id, score) for each answer an 'ok' verdict row graded: the graded one's score and the one it was
+        compared with."""
+        ok = (calls.c.status == "ok", calls.c.kind.in_(VERDICT_KINDS))
+        return sa.union_all(
+            sa.select(calls.c.graded.label("answer"), calls.c.judge_routed.label("score")).where(
+                *ok, calls.c.graded.is_not(None), calls.c.judge_routed.is_not(None)),
+            sa.select(calls.c.against.label("answer"), calls.c.judge_reference.label("score")).where(
+                *ok, calls.c.against.is_not(None), calls.c.judge_reference.is_not(None)))
+
+    def _judged_ids(self) -> sa.Select:
+        """The call ids of the answers some 'ok' verdict scored."""
+        return sa.select(self._verdict_scores().subquery().c.answer)
+
+    def judge_scores(self) -> dict[str, tuple[float, int]]:
+        """call_id -> (the mean of the judge's scores of that row's answer, how many verdicts scored it), over the
+        'ok' verdict rows (an answer compared with several others, as the reference's is, has several)."""
+        scored = self._verdict_scores().subquery()
+        query = sa.select(scored.c.answer, sa.func.avg(scored.c.score), sa.func.count()).group_by(scored.c.answer)
+        with self.engine.connect() as conn:
+            return {answer: (float(mean), int(n)) for answer, mean, n in conn.execute(query)}
 

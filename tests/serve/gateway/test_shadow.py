@@ -7,12 +7,15 @@ the answers GPT-4 and Mistral 7B gave; the judge is a handler provider that grad
 from __future__ import annotations
 
 import asyncio
+import math
+from datetime import datetime, timezone
 
 import httpx
 import polars as pl
 import pytest
 
 from router_ml.calllog.store import CallStore
+from router_ml.clock import SYSTEM_CLOCK, FixedClock
 from router_ml.data.prepare import prepare
 from router_ml.data.report import ImportReport
 from router_ml.embed import StaticEncoder
@@ -22,6 +25,7 @@ from router_ml.serve.providers.handler import HandlerProvider
 from router_ml.serve.tenancy.tenants import TenantStore
 from router_ml.train import TrainConfig, run
 from real_streams import judged_answers, right_and_wrong
+from scraped_metrics import scrape
 
 REFERENCE, CHEAP, JUDGE = "gpt-4-1106-preview", "mistralai/mistral-7b-chat", "gpt-3.5-turbo-1106"
 
@@ -46,18 +50,18 @@ def _judge(right: str):
     return handler
 
 
-def _served(bundle, static_encoder_dir, tmp_path, case):
+def _served(bundle, static_encoder_dir, tmp_path, case, clock=SYSTEM_CLOCK):
     """An app whose tenant 'acme' has GPT-4 as reference, Mistral 7B answering wrong, a judge grading by the
     recorded outcome: (app, call store, tenant store, key, providers, a request for Mistral 7B)."""
     url = f"sqlite:///{tmp_path}/calls.db"
-    store, tenants = CallStore(url), TenantStore(url)
+    store, tenants = CallStore(url, clock=clock), TenantStore(url, clock=clock)
     tenants.create_tenant("acme", reference_model=REFERENCE)
     key = tenants.issue_key("acme")
     answers = {REFERENCE: case["right"], CHEAP: case["wrong"]}
     providers = {m: HandlerProvider(lambda r, m=m: answers.get(m, "unused")) for m in (REFERENCE, CHEAP)}
     providers[JUDGE] = HandlerProvider(_judge(case["right"]))
     app = create_app(bundle, providers, store=store, encoder=StaticEncoder(static_encoder_dir), tenants=tenants,
-                     shadow=ShadowSettings(JUDGE, rate=1.0))
+                     shadow=ShadowSettings(JUDGE, rate=1.0), clock=clock)
     body = {"model": CHEAP, "messages": [{"role": "user", "content": case["prompt"]}]}
     return app, store, tenants, key, providers, body
 
@@ -96,6 +100,40 @@ def test_a_routed_call_is_judged_after_its_answer_and_logged_apart(bundle, stati
     assert report["tenants"][0]["tenant"] == "acme" and report["tenants"][0]["judging_usd"] == totals["judging_usd"]
     store.close()
     tenants.close()
+
+
+def test_metrics_export_the_quality_kept_and_refresh_it_every_30_seconds(bundle, static_encoder_dir, tmp_path, case):
+    clock = FixedClock(datetime(2026, 3, 2, 12, tzinfo=timezone.utc))
+    app, store, tenants, key, _, body = _served(bundle, static_encoder_dir, tmp_path, case, clock)
+
+    async def judged_then_scraped(client) -> dict:
+        answered = await client.post("/v1/chat/completions", headers={"authorization": f"Bearer {key}"}, json=body)
+        assert answered.status_code == 200
+        await app.state.shadow.drain()
+        store.flush()
+        return scrape((await client.get("/metrics")).text)
+
+    async def go():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway") as client:
+            first = await judged_then_scraped(client)
+            clock.advance(seconds=29)
+            cached = await judged_then_scraped(client)
+            clock.advance(seconds=2)
+            fresh = scrape((await client.get("/metrics")).text)
+            quality = await client.get("/v1/analytics/quality", headers={"authorization": f"Bearer {key}"})
+            return first, cached, fresh, quality.json()
+
+    first, cached, fresh, quality = asyncio.run(go())
+    store.close()
+    tenants.close()
+    assert first["router_ml_quality_kept_share", (("bound", "estimate"),)] == 0.0  # Mistral's answer was wrong
+    assert first["router_ml_judged_calls", ()] == 1 and first["router_ml_judging_usd", ()] > 0
+    assert cached["router_ml_judged_calls", ()] == 1  # the call log is read at most every 30 s on the app's clock
+    assert fresh["router_ml_judged_calls", ()] == 2 == quality["judged_calls"]
+    assert fresh["router_ml_judging_usd", ()] == pytest.approx(quality["judging_usd"])
+    for bound, key in (("estimate", "share"), ("lower", "lower"), ("upper", "upper")):
+        value, reported = fresh["router_ml_quality_kept_share", (("bound", bound),)], quality["judged_away"][key]
+        assert math.isnan(value) if reported is None else value == pytest.approx(reported), bound
 
 
 def test_a_streamed_call_is_judged_on_the_answer_it_streamed(bundle, static_encoder_dir, tmp_path, case):

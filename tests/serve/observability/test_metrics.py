@@ -4,14 +4,15 @@ summed over the workers of `router-ml serve --workers 2`."""
 from __future__ import annotations
 
 import asyncio
+import math
 import signal
 import time
 from collections import Counter
+from datetime import datetime, timezone
 
 import httpx
 import openai
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from router_ml.calllog.record import CallRecord
 from router_ml.calllog.store import CallStore
@@ -20,12 +21,14 @@ from router_ml.data.report import ImportReport
 from router_ml.embed import StaticEncoder
 from router_ml.serve.app import create_app
 from router_ml.serve.gateway.cache import ResponseCache
+from router_ml.serve.observability.metrics import Metrics
 from router_ml.serve.providers.handler import HandlerProvider, failing
 from router_ml.serve.providers.reliability import CircuitBreaker, ReliableProvider
 from router_ml.serve.tenancy.tenants import TenantStore
 from router_ml.train import TrainConfig, run
 from servers import copy_served, free_port, served, start_server  # noqa: F401 (served: a fixture)
 from call_rows import call_row
+from scraped_metrics import scrape
 
 
 @pytest.fixture(scope="module")
@@ -49,12 +52,6 @@ class Log:
 
 async def _no_sleep(_seconds: float) -> None:
     return None
-
-
-def scrape(text: str) -> dict:
-    """(sample name, sorted label items) -> value, from the Prometheus text exposition."""
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
 
 
 def total(samples: dict, name: str, **labels) -> float:
@@ -191,3 +188,31 @@ def test_rows_the_call_log_rejects_or_loses_are_in_the_metrics(bundle, static_en
     assert total(after, "router_ml_calllog_dead_letter_rows") == len(store.dead_letter) == 1
     assert total(before, "router_ml_calllog_rows_total") == 0 and ("router_ml_calllog_rows_total",
                                                                    (("outcome", "rejected"),)) in before
+
+
+def test_a_call_log_that_does_not_answer_leaves_the_quality_gauges_as_they_were(tmp_path):
+    import sqlalchemy as sa
+
+    from router_ml.clock import FixedClock
+    from router_ml.serve.observability.analytics import Scope, recent_quality
+
+    clock = FixedClock(datetime(2026, 3, 2, tzinfo=timezone.utc))
+    store = CallStore(f"sqlite:///{tmp_path / 'calls.db'}", clock=clock)
+    reachable = [True]
+
+    def report() -> dict:
+        if not reachable[0]:
+            raise sa.exc.OperationalError("SELECT", {}, ConnectionRefusedError("connection refused"))
+        return recent_quality(store.engine, Scope(None, admin=True), clock)
+
+    metrics = Metrics({})
+    metrics.watch_quality(report, clock)
+    try:
+        first = scrape(metrics.render()[0].decode())
+        reachable[0] = False
+        clock.advance(seconds=60)
+        after = scrape(metrics.render()[0].decode())  # answers, with the last reading
+    finally:
+        store.close()
+    assert first["router_ml_judged_calls", ()] == after["router_ml_judged_calls", ()] == 0
+    assert math.isnan(after["router_ml_quality_kept_share", (("bound", "estimate"),)])  # nothing judged yet

@@ -6,7 +6,8 @@ through :meth:`Metrics.observe_call`, so the metrics count the same rows as the 
 model, deployment and endpoint names only, never prompts, keys or tenants: a tenant label would multiply
 every series by the number of tenants (and name them to whoever scrapes); per-tenant usage lives in the call
 log and the analytics API (``/v1/analytics/usage``). The call log's own row counters (written, recovered,
-rejected, lost, and the dead letter) are exported too (:meth:`Metrics.watch_store`).
+rejected, lost, and the dead letter) are exported too (:meth:`Metrics.watch_store`), and with shadow judging
+the quality the judged calls kept of the reference's, all tenants together (:meth:`Metrics.watch_quality`).
 
 With several worker processes (``router-ml serve --workers N``) each process counts its own calls; the
 supervisor sets ``PROMETHEUS_MULTIPROC_DIR`` before spawning the workers, prometheus_client then keeps every
@@ -17,6 +18,7 @@ of any live worker ('livemax').
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import time
@@ -25,6 +27,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from router_ml.calllog.record import CallRecord
+
+logger = logging.getLogger(__name__)
 
 # An LLM call takes from tens of milliseconds (a cached prefix, a tiny model) to a minute (long generations).
 CALL_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0)
@@ -164,8 +168,12 @@ class Metrics:
         now = clock.now().timestamp()
         if self._quality_read_at is not None and now - self._quality_read_at < every_s:
             return
-        found = report()
         self._quality_read_at = now
+        try:
+            found = report()
+        except Exception:  # the call log is unreachable: the gauges keep their last reading, the scrape answers
+            logger.warning("quality kept not refreshed for /metrics: the call log did not answer", exc_info=True)
+            return
         self.judged_calls.set(found["judged_calls"])
         self.judging_usd.set(found["judging_usd"])
         estimate = found["judged_away"]
