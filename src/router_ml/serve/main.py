@@ -49,6 +49,7 @@ STEERING_REFRESH_S = 5.0  # how often a worker adopts the operating points other
 def providers_for(models: list[str], settings, pool: UpstreamPool | None = None) -> dict:
     """Model name -> provider; HTTP providers send through ``pool`` (the app's one connection pool)."""
     if settings.provider == "replay":
+        from router_ml.serve.gateway.judge import judged_parts
         from router_ml.serve.providers.replay import ReplayProvider
         from router_ml.serve.providers.replay_judge import MODEL as REPLAY_JUDGE, ReplayJudge
 
@@ -62,7 +63,7 @@ def providers_for(models: list[str], settings, pool: UpstreamPool | None = None)
         replay = ReplayProvider.from_outcomes(frame, models, speed=settings.replay_speed)
         served = {m: ReliableProvider(replay, f"replay/{m}") for m in models if m in replay.models}
         if settings.judge_model == REPLAY_JUDGE:  # grades by the recorded outcomes of the answers replayed
-            served[REPLAY_JUDGE] = ReliableProvider(ReplayJudge.from_outcomes(frame), REPLAY_JUDGE)
+            served[REPLAY_JUDGE] = ReliableProvider(ReplayJudge.from_outcomes(frame, judged_parts), REPLAY_JUDGE)
         return served
     if settings.provider == "catalog":
         from router_ml.serve.providers.catalog import load_catalog

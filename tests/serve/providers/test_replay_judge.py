@@ -21,11 +21,12 @@ from real_streams import right_and_wrong
 def case(real_files) -> dict:
     found = right_and_wrong(real_files)
     rows = routerbench.load(real_files, ImportReport()).filter(pl.col("prompt") == found["prompt"])
-    return {**found, "judge": ReplayJudge.from_outcomes(rows)}
+    return {**found, "judge": ReplayJudge.from_outcomes(rows, judged_parts)}
 
 
 def test_the_rubric_round_trips_through_its_parser():
-    assert judged_parts(judge_messages("2+2?\n\nShow work.", "4\n\nsure", "5")) == ("2+2?\n\nShow work.", "4\n\nsure", "5")
+    shown = judge_messages("2+2?\n\nShow work.", "4\n\nsure", "5")
+    assert judged_parts(shown) == ("2+2?\n\nShow work.", "4\n\nsure", "5")
     assert judged_parts([{"role": "user", "content": "hello"}]) is None
 
 

@@ -12,7 +12,7 @@ beside it (:meth:`~router_ml.serve.gateway.steering.Steering.judged`).
 It never delays or changes an answer: the work runs in a task of its own, started after the call was logged.
 A call is considered when its tenant has a reference model the gateway serves and another model answered it or
 a probe would; it is sampled with probability ``rate``, while the tenant's judging spend of the UTC day (in this
-process) is under ``cap_usd_day``. Calls answered from the cache and streamed calls are not judged yet.
+process) is under ``cap_usd_day``. Calls answered from the cache are not judged.
 """
 
 from __future__ import annotations

@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import polars as pl
 
-from router_ml.serve.gateway.judge import judged_parts
 from router_ml.serve.providers.base import ChatChunk, ChatRequest, ChatResult, ProviderError, Usage
 from router_ml.serve.providers.wire import counted_input_tokens
 from router_ml.tokens import count_tokens
@@ -32,13 +31,17 @@ def _digest(text: str) -> bytes:
 
 class ReplayJudge:
     """Grades the shadow judge's two answers from recorded outcomes (see the module docstring); ``graded`` maps a
-    prompt's digest to {a response's digest: its recorded quality in [0, 1]}."""
+    prompt's digest to {a response's digest: its recorded quality in [0, 1]}; ``parts`` reads (prompt, answer A,
+    answer B) back from the rubric's messages, or None for another request
+    (:func:`router_ml.serve.gateway.judge.judged_parts`, passed in: providers do not import the gateway)."""
 
-    def __init__(self, graded: dict[bytes, dict[bytes, float]], name: str = "replay-judge"):
-        self.graded, self.name = graded, name
+    def __init__(self, graded: dict[bytes, dict[bytes, float]], parts: Callable[[list], tuple | None],
+                 name: str = "replay-judge"):
+        self.graded, self.parts, self.name = graded, parts, name
 
     @classmethod
-    def from_outcomes(cls, frame: pl.DataFrame, name: str = "replay-judge") -> ReplayJudge:
+    def from_outcomes(cls, frame: pl.DataFrame, parts: Callable[[list], tuple | None],
+                      name: str = "replay-judge") -> ReplayJudge:
         """Index every graded response of an outcomes table (``prompt``, ``response``, ``quality``); a response
         recorded more than once for one prompt scores its mean quality."""
         rows = (frame.filter(pl.col("response").is_not_null() & pl.col("quality").is_not_null())
@@ -46,10 +49,10 @@ class ReplayJudge:
         graded: dict[bytes, dict[bytes, float]] = {}
         for prompt, response, quality in rows.iter_rows():
             graded.setdefault(_digest(prompt), {})[_digest(response)] = float(quality)
-        return cls(graded, name=name)
+        return cls(graded, parts, name=name)
 
     def _reply(self, request: ChatRequest) -> ChatResult:
-        parts = judged_parts(request.messages)
+        parts = self.parts(request.messages)
         if parts is None:
             raise ProviderError(f"{self.name} answers only the shadow judge's rubric prompt", status=400,
                                 provider=self.name)
