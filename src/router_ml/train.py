@@ -141,7 +141,7 @@ def outcomes_from_store(url: str, judged: bool = True) -> tuple[pl.DataFrame, di
 
     import sqlalchemy as sa
 
-    from router_ml.calllog.store import VERDICT_KINDS, CallStore, calls
+    from router_ml.calllog.store import CallStore
 
     parsed = sa.engine.make_url(url)
     shown = parsed.render_as_string(hide_password=True)
@@ -151,11 +151,7 @@ def outcomes_from_store(url: str, judged: bool = True) -> tuple[pl.DataFrame, di
                          "point --store-url or $ROUTER_ML_STORE_URL at it")
     store = CallStore(url)
     try:
-        kind = sa.case((calls.c.status != "ok", "failed"), (calls.c.kind.in_(VERDICT_KINDS), "verdicts"),
-                       (calls.c.feedback_at.is_not(None), "with_feedback"),
-                       (calls.c.call_id.in_(store._judged_ids()), "judged"), else_="unlabelled").label("kind")
-        with store.engine.connect() as conn:
-            counts = {k: int(n) for k, n in conn.execute(sa.select(kind, sa.func.count()).group_by(kind))}
+        counts = store.label_counts()
         table = store.outcomes(with_feedback_only=True, judged=judged)
     finally:
         store.close()

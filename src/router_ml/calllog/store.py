@@ -594,24 +594,23 @@ class CallStore:
         Failed calls and verdict rows (kind 'judge', 'probe') are never returned. With ``with_feedback_only``
         (default) only answers that got feedback; with ``judged`` also the answers a shadow judge graded (a
         client's routed answer, the reference's and a probe's shadow answers), whose quality is the mean of the
-        judge's scores of that answer (:meth:`judge_scores`) unless feedback gave one. The schema allows one row
+        judge's scores of that answer (:meth:`_judge_scores`) unless feedback gave one. The schema allows one row
         per (prompt_id, model): repeated calls of one prompt on one model keep the latest by feedback_at, then ts,
         so an answer with feedback wins over judged ones.
         """
-        an_answer = sa.or_(calls.c.kind.is_(None), calls.c.kind.not_in(VERDICT_KINDS))
-        query = sa.select(*(calls.c[c.name] for c in schema.COLUMNS), calls.c.feedback_at, calls.c.call_id).where(
-            calls.c.status == "ok", an_answer)
-        scores = self.judge_scores() if judged else {}
+        scores = self._judge_scores()
+        judge_score = scores.c.score if judged else sa.null()
+        source = calls.outerjoin(scores, scores.c.answer == calls.c.call_id) if judged else calls
+        quality = sa.case((calls.c.feedback_at.is_(None) & judge_score.is_not(None), judge_score),
+                          else_=calls.c.quality).label("quality")
+        columns = [quality if c.name == "quality" else calls.c[c.name] for c in schema.COLUMNS]
+        query = (sa.select(*columns, calls.c.feedback_at)
+                 .select_from(source)
+                 .where(calls.c.status == "ok", sa.or_(calls.c.kind.is_(None), calls.c.kind.not_in(VERDICT_KINDS))))
         if with_feedback_only:
-            labelled = calls.c.feedback_at.is_not(None)
-            if judged:
-                labelled = sa.or_(labelled, calls.c.call_id.in_(self._judged_ids()))
-            query = query.where(labelled)
+            query = query.where(sa.or_(calls.c.feedback_at.is_not(None), judge_score.is_not(None)))
         with self.engine.connect() as conn:
             rows = [dict(r._mapping) for r in conn.execute(query)]
-        for row in rows:
-            if row["feedback_at"] is None and row["call_id"] in scores:
-                row["quality"] = scores[row["call_id"]][0]
         names = [c.name for c in schema.COLUMNS]
         data: dict[str, list] = {name: [r[name] for r in rows] for name in names + ["feedback_at"]}
         data["flags"] = [json.loads(f) for f in data["flags"]]
@@ -623,26 +622,29 @@ class CallStore:
                  .drop("feedback_at"))
         return schema.conform(frame)
 
+    def label_counts(self) -> dict[str, int]:
+        """The rows by what they can teach a router: 'with_feedback' and 'judged' (graded by an 'ok' verdict, without
+        feedback) answers, 'unlabelled' answers, 'verdicts' and 'failed' rows (every kind)."""
+        scores = self._judge_scores()
+        label = sa.case((calls.c.status != "ok", "failed"), (calls.c.kind.in_(VERDICT_KINDS), "verdicts"),
+                        (calls.c.feedback_at.is_not(None), "with_feedback"), (scores.c.score.is_not(None), "judged"),
+                        else_="unlabelled").label("label")
+        query = (sa.select(label, sa.func.count())
+                 .select_from(calls.outerjoin(scores, scores.c.answer == calls.c.call_id)).group_by(label))
+        with self.engine.connect() as conn:
+            return {name: int(n) for name, n in conn.execute(query)}
+
     @staticmethod
-    def _verdict_scores() -> sa.CompoundSelect:
-        """(call_id, score) for each answer an 'ok' verdict row graded: the graded one's score and the one it was
-        compared with."""
+    def _judge_scores() -> sa.Subquery:
+        """(answer: a row's call_id, score: the mean of the judge's scores of its answer) over the 'ok' verdict rows:
+        each scores the answer it graded and the one it compared it with (the reference's, compared with several
+        answers, has several scores)."""
         ok = (calls.c.status == "ok", calls.c.kind.in_(VERDICT_KINDS))
-        return sa.union_all(
+        scored = sa.union_all(
             sa.select(calls.c.graded.label("answer"), calls.c.judge_routed.label("score")).where(
                 *ok, calls.c.graded.is_not(None), calls.c.judge_routed.is_not(None)),
             sa.select(calls.c.against.label("answer"), calls.c.judge_reference.label("score")).where(
-                *ok, calls.c.against.is_not(None), calls.c.judge_reference.is_not(None)))
-
-    def _judged_ids(self) -> sa.Select:
-        """The call ids of the answers some 'ok' verdict scored."""
-        return sa.select(self._verdict_scores().subquery().c.answer)
-
-    def judge_scores(self) -> dict[str, tuple[float, int]]:
-        """call_id -> (the mean of the judge's scores of that row's answer, how many verdicts scored it), over the
-        'ok' verdict rows (an answer compared with several others, as the reference's is, has several)."""
-        scored = self._verdict_scores().subquery()
-        query = sa.select(scored.c.answer, sa.func.avg(scored.c.score), sa.func.count()).group_by(scored.c.answer)
-        with self.engine.connect() as conn:
-            return {answer: (float(mean), int(n)) for answer, mean, n in conn.execute(query)}
+                *ok, calls.c.against.is_not(None), calls.c.judge_reference.is_not(None))).subquery()
+        return (sa.select(scored.c.answer, sa.func.avg(scored.c.score).label("score"))
+                .group_by(scored.c.answer).subquery("judge_scores"))
 

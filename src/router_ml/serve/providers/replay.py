@@ -43,8 +43,9 @@ class Recorded:
     latency_ms: float | None
 
 
-def _digest(prompt: str) -> bytes:
-    return hashlib.blake2b(prompt.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+def text_digest(text: str) -> bytes:
+    """The key a prompt (or an answer) is looked up by."""
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
 
 
 def user_prompt(messages: list[dict]) -> str:
@@ -97,7 +98,7 @@ class ReplayProvider:
         texts: dict[str, str] = {}
         for model, prompt, response, output_tokens, latency_ms in rows.select(columns).iter_rows():
             by_prompt = recorded.setdefault(model, {})
-            key = _digest(prompt)
+            key = text_digest(prompt)
             if key not in by_prompt:
                 by_prompt[key] = Recorded(texts.setdefault(response, response), output_tokens, latency_ms)
         return cls(recorded, speed=speed, seed=seed, name=name)
@@ -114,7 +115,7 @@ class ReplayProvider:
             known = ", ".join(self.models[:5]) + (", ..." if len(self._recorded) > 5 else "")
             raise ProviderError(f"{self.name}: no recorded responses for model {model!r} (known: {known or 'none'})",
                                 status=404, retryable=False, provider=self.name)
-        key = _digest(prompt)
+        key = text_digest(prompt)
         if key in by_prompt:
             return by_prompt[key], True
         keys = self._keys[model]

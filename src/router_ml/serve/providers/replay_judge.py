@@ -12,21 +12,17 @@ in and the reply's out; the judge has no price, so its calls cost nothing.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import AsyncIterator, Callable
 
 import polars as pl
 
 from router_ml.serve.providers.base import ChatChunk, ChatRequest, ChatResult, ProviderError, Usage
+from router_ml.serve.providers.replay import text_digest
 from router_ml.serve.providers.wire import counted_input_tokens
 from router_ml.tokens import count_tokens
 
 MODEL = "replay-judge"
-
-
-def _digest(text: str) -> bytes:
-    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
 
 
 class ReplayJudge:
@@ -48,7 +44,7 @@ class ReplayJudge:
                 .group_by("prompt", "response").agg(pl.col("quality").mean()))
         graded: dict[bytes, dict[bytes, float]] = {}
         for prompt, response, quality in rows.iter_rows():
-            graded.setdefault(_digest(prompt), {})[_digest(response)] = float(quality)
+            graded.setdefault(text_digest(prompt), {})[text_digest(response)] = float(quality)
         return cls(graded, parts, name=name)
 
     def _reply(self, request: ChatRequest) -> ChatResult:
@@ -57,10 +53,10 @@ class ReplayJudge:
             raise ProviderError(f"{self.name} answers only the shadow judge's rubric prompt", status=400,
                                 provider=self.name)
         prompt, *answers = parts
-        recorded = self.graded.get(_digest(prompt), {})
+        recorded = self.graded.get(text_digest(prompt), {})
         scores = {}
         for side, answer in zip("ab", answers):
-            quality = recorded.get(_digest(answer))
+            quality = recorded.get(text_digest(answer))
             if quality is None:
                 raise ProviderError(f"{self.name}: answer {side.upper()} is not a recorded answer to the judged prompt, "
                                     "so the dataset holds no grade for it", status=422, provider=self.name)
