@@ -100,9 +100,11 @@ def plot_operating_point(path, reports: list[dict]) -> Path:
         away = np.array([0.0, *report["away_shares"], 1.0])
         median = report["median"]
         label = f"{report['stream']}: kept {median['quality_share']:.1%}, net cut {median['net_cost_cut']:.1%}"
+        if report.get("cost_target") is not None:
+            label += f", spent {median['spend_of_cost_target']:.0%} of the cost target {report['cost_target']:.0%}"
         color = None
         for k, trace in enumerate(report["level_trace"]):
-            line = axes.plot(np.arange(len(trace)), away[np.minimum(trace, len(away) - 1)],
+            line = axes.plot(np.arange(len(trace)), np.interp(trace, np.arange(len(away)), away),
                              drawstyle="steps-post", alpha=0.9 if k == 0 else 0.35, color=color,
                              label=label if k == 0 else None)
             color = line[0].get_color()

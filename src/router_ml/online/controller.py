@@ -13,6 +13,10 @@ cheaper (the levels a judged call grades are the ones that can be proven), and w
 current level's bound falls below the target it goes back at once to the cheapest proven level above it (level
 0 is proven by definition). Moving cheaper asks for ``hysteresis`` more than the target, so that a level whose
 bound hovers at the target does not flap. Every change is recorded with its reason and the estimate behind it.
+
+A tenant with a cost target also has a *floor* (:mod:`router_ml.online.pacer`), a point between two levels: a
+call is served at the cheaper of the quality controller's level and the floor (:meth:`OperatingPoint.level_for`),
+and the pacer's moves of the floor are recorded beside the quality controller's (``by="cost"``).
 """
 
 from __future__ import annotations
@@ -44,13 +48,15 @@ def ladder(predicted_quality, predicted_cost, reference: int, shares=AWAY_SHARES
 @dataclass(frozen=True)
 class Change:
     """One move of the operating point: when (``at``: the caller's clock, e.g. a call's index), from which level
-    to which, why, and the estimate of the level that decided it."""
+    to which (the pacer's floor, ``by="cost"``, may lie between levels), why, and the estimate of the level (or
+    the pace) that decided it."""
 
     at: float
-    old: int
-    new: int
+    old: float
+    new: float
     reason: str
     estimate: dict
+    by: str = "quality"  # or "cost": a move of the pacer's floor
 
 
 class OperatingPoint:
@@ -67,13 +73,30 @@ class OperatingPoint:
         self.target, self.confidence, self.margins = target, confidence, tuple(margins)
         self.min_labels, self.prior, self.hysteresis, self.max_step = min_labels, prior, hysteresis, max_step
         self.level = 0
+        self.floor = 0.0
+        self.costs: tuple[float, ...] | None = None  # the pacer's predicted cost per call of each level
+        self.scale = 1.0  # and what real calls cost against those predictions
         self.changes: list[Change] = []
         # per level: (routed, reference, exact routed, exact reference, weight)
         self._labels = [deque(maxlen=window) for _ in self.margins]
 
     @property
+    def served(self) -> int:
+        """The level most calls are served at: the quality controller's, or the floor's nearest when cheaper."""
+        return max(self.level, round(self.floor))
+
+    def level_for(self, draw: float) -> int:
+        """The level one call is served at, given a uniform ``draw`` in [0, 1): the floor's upper level for the
+        floor's fractional share of the draws."""
+        below = math.floor(self.floor)
+        return max(self.level, below + (draw < self.floor - below))
+
+    @property
     def margin(self) -> float:
-        return self.margins[self.level]
+        return self.margins[self.served]
+
+    def margin_for(self, draw: float) -> float:
+        return self.margins[self.level_for(draw)]
 
     def observe(self, level: int, routed: float, reference: float, exact_routed: float = math.nan,
                 exact_reference: float = math.nan, weight: float = 1.0) -> None:
@@ -82,8 +105,8 @@ class OperatingPoint:
         self._labels[level].append((routed, reference, exact_routed, exact_reference, weight))
 
     def estimate(self, level: int | None = None) -> ShareEstimate:
-        """The quality share of ``level`` (default: the current one); level 0 keeps the reference's by definition."""
-        level = self.level if level is None else level
+        """The quality share of ``level`` (default: the one served); level 0 keeps the reference's by definition."""
+        level = self.served if level is None else level
         if level == 0:
             return ShareEstimate(1.0, 1.0, 1.0, 0, 0)
         labels = list(self._labels[level])
@@ -102,7 +125,7 @@ class OperatingPoint:
 
     def update(self, at: float) -> Change | None:
         """Move the operating point if the labels say so (see the module docstring); the change, or None."""
-        current = self.estimate()
+        current = self.estimate(self.level)
         if self.level > 0 and not self._clears(current):
             new = max(level for level in range(self.level) if self.proven(level))
             reason = (f"lower bound {current.lower:.3f} of level {self.level} fell below the target "
@@ -123,11 +146,24 @@ class OperatingPoint:
         self.changes.append(change)
         return change
 
+    def set_floor(self, new: float, at: float, reason: str, estimate: dict) -> Change | None:
+        """Move the pacer's floor to ``new`` (recorded with its reason and the pace behind it); None if it is
+        there already."""
+        if not 0 <= new < len(self.margins):
+            raise ValueError(f"floor {new} is not a level of this ladder (0 to {len(self.margins) - 1})")
+        if new == self.floor:
+            return None
+        change = Change(at, self.floor, new, reason, estimate, by="cost")
+        self.floor = new
+        self.changes.append(change)
+        return change
+
     def state(self) -> dict:
         """Everything needed to resume after a restart (JSON-safe but for infinite margins)."""
         return {"target": self.target, "confidence": self.confidence, "margins": list(self.margins),
                 "min_labels": self.min_labels, "prior": self.prior, "hysteresis": self.hysteresis,
-                "max_step": self.max_step, "level": self.level,
+                "max_step": self.max_step, "level": self.level, "floor": self.floor,
+                "costs": list(self.costs) if self.costs is not None else None, "scale": self.scale,
                 "window": self._labels[0].maxlen, "labels": [list(map(list, q)) for q in self._labels],
                 "changes": [asdict(c) for c in self.changes]}
 
@@ -136,7 +172,8 @@ class OperatingPoint:
         point = cls(target=state["target"], confidence=state["confidence"], margins=state["margins"],
                     min_labels=state["min_labels"], window=state["window"], prior=state["prior"],
                     hysteresis=state["hysteresis"], max_step=state.get("max_step", 1))
-        point.level = state["level"]
+        point.level, point.floor, point.scale = state["level"], state.get("floor", 0.0), state.get("scale", 1.0)
+        point.costs = tuple(state["costs"]) if state.get("costs") is not None else None
         for queue, labels in zip(point._labels, state["labels"]):
             queue.extend(tuple(label) for label in labels)
         point.changes = [Change(**c) for c in state["changes"]]

@@ -5,7 +5,9 @@ A stream is a (prompts x models) matrix of a router's predicted quality and cost
 cost (:class:`router_ml.label.OutcomeMatrix`). The served answer's quality is the recorded one. The judge is
 simulated from the recorded outcomes: it scores an answer with its recorded quality, flipped (``1 - q``) with
 probability ``flip_rate`` (a noisy judge); a share ``exact_share`` of the judged calls also gets exact labels
-(the recorded qualities), which correct the judge's bias. Costs: a judged call pays the reference's answer
+(the recorded qualities), which correct the judge's bias. With a cost target (a share of what always serving the
+reference would cost over the stream, the stream standing for the pacer's period), the pacer
+(:mod:`router_ml.online.pacer`) paces every ``pace_calls`` calls on what the stream has spent so far. Costs: a judged call pays the reference's answer
 (unless the reference served it), the answers of the cheaper levels it grades, and the judge, priced at
 ``judge_cost_factor`` times the pool's cheapest answer to the prompt per comparison, run in both orders.
 """
@@ -20,6 +22,7 @@ import polars as pl
 
 from router_ml.label import outcome_matrix
 from router_ml.online.controller import AWAY_SHARES, OperatingPoint, ladder
+from router_ml.online.pacer import level_costs, measured_scale, pace
 from router_ml.routers.policy import choose_near_reference
 from router_ml.tokens import count_tokens
 
@@ -90,6 +93,8 @@ class Settings:
     away_shares: tuple = AWAY_SHARES
     ladder_calls: int = 100
     judge_cost_factor: float = 3.0
+    cost_target: float | None = None
+    pace_calls: int = 25
 
 
 @dataclass
@@ -98,7 +103,8 @@ class Run:
 
     order: np.ndarray
     served: np.ndarray
-    level: np.ndarray
+    level: np.ndarray  # the level each call was served at
+    position: np.ndarray  # the operating point's, between levels when the pacer's floor is
     judged: np.ndarray
     shadow_usd: np.ndarray
     judge_usd: np.ndarray
@@ -119,14 +125,27 @@ def run_stream(stream: Stream, reference: int, settings: Settings = Settings(), 
                         for margin in margins])
     point = OperatingPoint(target=settings.target, confidence=settings.confidence, margins=margins,
                            min_labels=settings.min_labels, max_step=settings.max_step)
-    served, level = np.empty(n, dtype=int), np.empty(n, dtype=int)
+    point.costs = level_costs(stream.predicted_quality[first], stream.predicted_cost[first], reference, margins)
+    budget = None if settings.cost_target is None else settings.cost_target * stream.cost[:, reference].sum()
+    served, level, position = np.empty(n, dtype=int), np.empty(n, dtype=int), np.empty(n)
     judged = np.zeros(n, dtype=bool)
     shadow_usd, judge_usd = np.zeros(n), np.zeros(n)
     labels = exact_labels = 0
     top = len(margins) - 1
+    since = 0  # the first call since the point last moved
     for t, i in enumerate(order):
-        level[t], served[t] = point.level, choices[point.level, i]
-        window = range(point.level, min(top, point.level + settings.probe_levels) + 1)
+        if budget is not None and t and t % settings.pace_calls == 0:
+            paid = stream.cost[order[:t], served[:t]] + shadow_usd[:t] + judge_usd[:t]
+            point.scale = measured_scale(point.costs, point.level, point.floor, t - since, float(paid[since:].sum()),
+                                         settings.pace_calls, point.scale)
+            found = pace(floor=point.floor, level=point.level, costs=point.costs, scale=point.scale,
+                         spent=float(paid.sum()), target=budget, calls=t, elapsed=t / n, max_step=settings.max_step)
+            if point.set_floor(found.wanted, t, found.reason(), found.as_dict()) is not None:
+                since = t
+        draw = rng.random() if budget is not None else 0.0  # without a floor, a call's level needs no draw
+        level[t], position[t] = point.level_for(draw), max(point.level, point.floor)
+        served[t] = choices[level[t], i]
+        window = sorted({*range(point.level, min(top, point.level + settings.probe_levels) + 1), int(level[t])})
         informative = any(choices[lvl, i] != reference for lvl in window)
         early = min(1.0, settings.sample_rate / 2 * np.sqrt(settings.horizon / (t + 1)))
         chance = early if informative else settings.quiet_rate
@@ -147,26 +166,31 @@ def run_stream(stream: Stream, reference: int, settings: Settings = Settings(), 
                           1.0 / chance)
         labels += 1
         exact_labels += bool(exact)
-        point.update(t)
-    return Run(order, served, level, judged, shadow_usd, judge_usd, labels, exact_labels, point.changes, margins)
+        if point.update(t) is not None:
+            since = t + 1
+    return Run(order, served, level, position, judged, shadow_usd, judge_usd, labels, exact_labels, point.changes,
+               margins)
 
 
-def summarize(stream: Stream, reference: int, run: Run, target: float) -> dict:
+def summarize(stream: Stream, reference: int, run: Run, target: float, cost_target: float | None = None) -> dict:
     """Per run: the realized quality share (whole stream and last half), whether the target held (within one
     point), the cost cut against always serving the reference (gross, and net of shadow and judge costs), the
-    shadow traffic and the labels used."""
+    shadow traffic and the labels used; with a cost target, the spend as a share of it."""
     rows, served = run.order, run.served
     got, ref = stream.quality[rows, served], stream.quality[rows, reference]
     spent, ref_cost = stream.cost[rows, served], stream.cost[rows, reference]
     half = len(rows) // 2
     share = float(got.sum() / ref.sum())
     shadowed = run.judged & (run.shadow_usd > 0)
-    return {"quality_share": share, "last_half_share": float(got[half:].sum() / ref[half:].sum()),
+    paid = spent.sum() + run.shadow_usd.sum() + run.judge_usd.sum()
+    paced = {} if cost_target is None else {"spend_of_cost_target": float(paid / (cost_target * ref_cost.sum()))}
+    return {**paced, "quality_share": share, "last_half_share": float(got[half:].sum() / ref[half:].sum()),
             "held": share >= target - 0.01, "gross_cost_cut": float(1 - spent.sum() / ref_cost.sum()),
-            "net_cost_cut": float(1 - (spent.sum() + run.shadow_usd.sum() + run.judge_usd.sum()) / ref_cost.sum()),
+            "net_cost_cut": float(1 - paid / ref_cost.sum()),
             "shadow_share": float(shadowed.mean()), "judged_share": float(run.judged.mean()),
             "labels": run.labels, "exact_labels": run.exact, "changes": len(run.changes),
-            "final_level": int(run.level[-1])}
+            "final_level": int(run.level[-1]),
+            "cost_moves": sum(c.by == "cost" for c in run.changes)}
 
 
 def _fixed(stream: Stream, reference: int, choice: np.ndarray) -> dict:
@@ -188,7 +212,7 @@ def simulate(stream: Stream, reference: str, settings: Settings = Settings(), or
         runs.append(run_stream(stream, ref, settings, seed + k))
         if progress is not None:
             progress(k + 1, orders)
-    summaries = [summarize(stream, ref, r, settings.target) for r in runs]
+    summaries = [summarize(stream, ref, r, settings.target, settings.cost_target) for r in runs]
     keeps = [j for j in range(len(stream.models))
              if _fixed(stream, ref, np.full(len(stream), j))["quality_share"] >= settings.target]
     best_fixed = min(keeps, key=lambda j: stream.cost[:, j].sum())
@@ -199,9 +223,9 @@ def simulate(stream: Stream, reference: str, settings: Settings = Settings(), or
         baselines["static calibration"] = _fixed(stream, ref, np.asarray(stream.static_choice))
     column = {key: [s[key] for s in summaries] for key in summaries[0]}
     return {"stream": stream.name, "calls": len(stream), "reference": reference, "target": settings.target,
-            "flip_rate": settings.flip_rate, "orders": orders,
+            "cost_target": settings.cost_target, "flip_rate": settings.flip_rate, "orders": orders,
             "held_rate": float(np.mean(column["held"])),
             "median": {key: float(np.median(v)) for key, v in column.items() if key != "held"},
             "min_quality_share": float(min(column["quality_share"])),
             "baselines": baselines, "runs": summaries,
-            "level_trace": [r.level.tolist() for r in runs[:3]], "away_shares": list(settings.away_shares)}
+            "level_trace": [r.position.tolist() for r in runs[:3]], "away_shares": list(settings.away_shares)}
