@@ -446,6 +446,14 @@ def test_train_then_evaluate_from_the_command_line(cli_env, outcomes_file):
     assert f"held in {replayed['held_rate']:.0%} of 3 orders" in result.output
     assert "static calibration" in replayed["baselines"]
     assert (simulated / "operating_point.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    result = _invoke("simulate", "--bundle", str(out), "--outcomes", str(outcomes_file), "--source", "llmrouter",
+                     "--orders", "2", "--cost-target", "0.5", "--out", str(simulated))
+    assert result.exit_code == 0, result.output
+    paced = json.loads((simulated / "simulation.json").read_text())
+    assert paced["cost_target"] == 0.5 and all("spend_of_cost_target" in run for run in paced["runs"])
+    assert f"spent {paced['median']['spend_of_cost_target']:.0%} of the cost target (50%" in result.output
+    result = _invoke("simulate", "--bundle", str(out), "--outcomes", str(outcomes_file), "--cost-target", "0")
+    assert result.exit_code == 1 and "--cost-target" in result.output
     result = _invoke("simulate", "--bundle", str(out), "--outcomes", str(outcomes_file), "--reference", "gpt-5")
     assert result.exit_code == 1 and "reference 'gpt-5' is not a model" in result.output
 

@@ -431,6 +431,8 @@ def simulate_command(
     sample_rate: Annotated[float, typer.Option(help="Share of calls shadow-judged.")] = 0.04,
     flip_rate: Annotated[float, typer.Option(help="The simulated judge's error rate.")] = 0.0,
     exact_share: Annotated[float, typer.Option(help="Share of judged calls that also get exact labels.")] = 0.1,
+    cost_target: Annotated[Optional[float], typer.Option(help="Pace the spend to this share of what always serving "
+                                                              "the reference would cost (the cost pacer).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the orders, sampling and judge.")] = 0,
     out: Annotated[Path, typer.Option(help="Where to write simulation.json and operating_point.png.")] =
         Path("reports/simulate"),
@@ -456,7 +458,10 @@ def simulate_command(
     loaded = load_bundle(bundle)
     stream = stream_from_outcomes(rows, loaded, name)
     reference = reference or stream.models[int(np.argmax(stream.quality.mean(axis=0)))]
-    settings = Settings(target=target, sample_rate=sample_rate, flip_rate=flip_rate, exact_share=exact_share)
+    if cost_target is not None and not 0 < cost_target:
+        raise ValueError(f"--cost-target is a share of the reference's cost, above 0: not {cost_target}")
+    settings = Settings(target=target, sample_rate=sample_rate, flip_rate=flip_rate, exact_share=exact_share,
+                        cost_target=cost_target)
     with _progress() as progress:
         bar = progress.add_task(f"replaying {len(stream)} calls", total=orders)
         report = simulate(stream, reference, settings, orders, seed, lambda done, _: progress.update(bar, completed=done))
@@ -469,6 +474,9 @@ def simulate_command(
                   f"(last half {median['last_half_share']:.1%}), net cost cut {median['net_cost_cut']:.1%} "
                   f"(gross {median['gross_cost_cut']:.1%}), shadow {median['shadow_share']:.1%} of calls, "
                   f"{median['labels']:.0f} labels")
+    if cost_target is not None:
+        console.print(f"  cost pacer: spent {median['spend_of_cost_target']:.0%} of the cost target "
+                      f"({cost_target:.0%} of the reference's cost), {median['cost_moves']:.0f} moves of its floor")
     for baseline, figures in report["baselines"].items():
         console.print(f"  {baseline}: quality kept {figures['quality_share']:.1%}, cost cut {figures['cost_cut']:.1%}")
     console.print(f"wrote {out / 'simulation.json'} and {out / 'operating_point.png'}")
@@ -628,10 +636,12 @@ def _tenant_store(store_url: str | None):
         store.close()
 
 
-def _tenant_settings(budget_day, budget_month, rpm, tpm, models, degrade_before_deny, reference_model) -> dict:
+def _tenant_settings(budget_day, budget_month, rpm, tpm, models, degrade_before_deny, reference_model,
+                     spend_target) -> dict:
     """The settings given on the command line (None: not given). ``--models '*'`` allows every model again."""
     given = {"budget_usd_day": budget_day, "budget_usd_month": budget_month, "rpm": rpm, "tpm": tpm,
-             "degrade_before_deny": degrade_before_deny, "reference_model": reference_model}
+             "degrade_before_deny": degrade_before_deny, "reference_model": reference_model,
+             "spend_target_usd_day": spend_target}
     settings = {k: v for k, v in given.items() if v is not None}
     if models is not None:
         settings["allowed_models"] = None if models.strip() == "*" else [m.strip() for m in models.split(",")
@@ -660,6 +670,9 @@ Degrade = Annotated[Optional[bool], typer.Option("--degrade-before-deny/--deny-a
                                                  help="Near the budget, route to cheaper models before refusing.")]
 Reference = Annotated[Optional[str], typer.Option("--reference-model", help="The model savings are measured "
                                                                             "against.")]
+SpendTarget = Annotated[Optional[float], typer.Option("--spend-target-day", help="USD per day (UTC) online steering "
+                                                                                 "paces routing to (a target, not a "
+                                                                                 "limit).")]
 
 
 @tenants_app.command("create")
@@ -667,9 +680,10 @@ Reference = Annotated[Optional[str], typer.Option("--reference-model", help="The
 def tenants_create(name: str, budget_day: BudgetDay = None, budget_month: BudgetMonth = None, rpm: Rpm = None,
                    tpm: Tpm = None, models: Models = None, quality: Quality = None, lam: Lam = None,
                    max_cost: MaxCost = None, degrade_before_deny: Degrade = None, reference_model: Reference = None,
-                   store_url: StoreUrlOption = None) -> None:
+                   spend_target: SpendTarget = None, store_url: StoreUrlOption = None) -> None:
     """Create a tenant (then give it a key with `tenants issue-key`)."""
-    settings = _tenant_settings(budget_day, budget_month, rpm, tpm, models, degrade_before_deny, reference_model)
+    settings = _tenant_settings(budget_day, budget_month, rpm, tpm, models, degrade_before_deny, reference_model,
+                                spend_target)
     with _tenant_store(store_url) as store:
         _print_tenant(store.create_tenant(name, policy=_policy(quality, lam, max_cost), **settings))
 
@@ -695,9 +709,10 @@ def tenants_list(store_url: StoreUrlOption = None) -> None:
 def tenants_set(name: str, budget_day: BudgetDay = None, budget_month: BudgetMonth = None, rpm: Rpm = None,
                 tpm: Tpm = None, models: Models = None, quality: Quality = None, lam: Lam = None,
                 max_cost: MaxCost = None, degrade_before_deny: Degrade = None, reference_model: Reference = None,
-                store_url: StoreUrlOption = None) -> None:
+                spend_target: SpendTarget = None, store_url: StoreUrlOption = None) -> None:
     """Change a tenant's settings; those not given stay (policy fields given are merged into its policy)."""
-    changes = _tenant_settings(budget_day, budget_month, rpm, tpm, models, degrade_before_deny, reference_model)
+    changes = _tenant_settings(budget_day, budget_month, rpm, tpm, models, degrade_before_deny, reference_model,
+                               spend_target)
     policy = _policy(quality, lam, max_cost)
     with _tenant_store(store_url) as store:
         if policy:

@@ -588,6 +588,17 @@ class CallStore:
         with self.engine.connect() as conn:
             return float(conn.execute(query).scalar_one())
 
+    def usage(self, tenant: str, since: datetime) -> tuple[int, float]:
+        """(the tenant's client calls, the USD its rows cost: judging included) since ``since``; what the cost
+        pacer of online steering reads."""
+        self.flush()
+        query = sa.select(sa.func.count(calls.c.call_id).filter(calls.c.kind.is_(None)),
+                          sa.func.coalesce(sa.func.sum(calls.c.cost_usd), 0.0)).where(
+            calls.c.tenant == tenant, calls.c.ts >= as_utc(since))
+        with self.engine.connect() as conn:
+            count, spent = conn.execute(query).one()
+        return int(count), float(spent)
+
     def outcomes(self, with_feedback_only: bool = True, judged: bool = False) -> pl.DataFrame:
         """The 'ok' answers as an outcomes table (conformed to :data:`router_ml.data.schema.SCHEMA`).
 

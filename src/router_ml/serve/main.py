@@ -44,6 +44,7 @@ from router_ml.serve.providers.reliability import ReliableProvider  # noqa: E402
 
 SHADOW_DRAIN_S = 30.0  # at shutdown, how long judging in flight may take to finish
 STEERING_REFRESH_S = 5.0  # how often a worker adopts the operating points other workers moved
+PACE_S = 60.0  # how often the cost pacer moves the floors of tenants with a spend target
 
 
 def providers_for(models: list[str], settings, pool: UpstreamPool | None = None) -> dict:
@@ -94,12 +95,17 @@ def response_cache(settings, encode):
                          encode=encode if semantic else None)
 
 
+def spend_targets(tenants) -> dict[str, float]:
+    """The tenants' spend targets per UTC day, by tenant (those that set one)."""
+    return {t.name: t.spend_target_usd_day for t in tenants.list_tenants() if t.spend_target_usd_day is not None}
+
+
 def build_app():
     """The app for uvicorn's ``factory=True``: bundle, providers and call log from the settings."""
     from router_ml.clock import SYSTEM_CLOCK
     from router_ml.serve.app import create_app
     from router_ml.serve.gateway.shadow import ShadowSettings
-    from router_ml.serve.gateway.steering import Steering, keep_fresh
+    from router_ml.serve.gateway.steering import Steering, keep_fresh, keep_paced
     from router_ml.calllog.operating_points import OperatingPointStore
     from router_ml.serve.tenancy.limits import limits_for
     from router_ml.serve.state import BundleHolder, watch
@@ -122,7 +128,7 @@ def build_app():
         raise ValueError("ROUTER_ML_ONLINE_TARGET needs a judge: set ROUTER_ML_JUDGE_MODEL to a served model")
     steering = None
     if settings.online_target is not None:
-        steering = Steering(OperatingPointStore(store.engine, clock), settings.online_target)
+        steering = Steering(OperatingPointStore(store.engine, clock), settings.online_target, pace_every_s=PACE_S)
     app = create_app(bundles, providers_for(models, settings, pool), store=store, tenants=tenants,
                      admin_key=settings.admin_key, limits=limits, cache=cache, clock=clock, shadow=shadow,
                      steering=steering)
@@ -132,6 +138,8 @@ def build_app():
         background = [asyncio.create_task(watch(app.state.bundles, settings.bundle_watch_seconds))]
         if steering is not None:  # the operating points other workers and replicas moved, and the stored ones
             background.append(asyncio.create_task(keep_fresh(steering, STEERING_REFRESH_S)))
+            background.append(asyncio.create_task(keep_paced(steering, lambda: spend_targets(tenants), store.usage,
+                                                             PACE_S)))
         yield
         for task in background:
             task.cancel()

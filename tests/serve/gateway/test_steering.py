@@ -7,6 +7,7 @@ handler provider whose verdict the test sets."""
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 
 import httpx
 import polars as pl
@@ -14,12 +15,14 @@ import pytest
 
 from router_ml.calllog.operating_points import OperatingPointStore
 from router_ml.calllog.store import CallStore
+from router_ml.clock import SYSTEM_CLOCK, FixedClock
 from router_ml.data.prepare import prepare
 from router_ml.data.report import ImportReport
 from router_ml.embed import StaticEncoder
 from router_ml.serve.app import create_app
 from router_ml.serve.gateway.shadow import ShadowSettings
 from router_ml.serve.gateway.steering import Steering
+from router_ml.serve.main import spend_targets
 from router_ml.serve.providers.handler import HandlerProvider
 from router_ml.serve.tenancy.tenants import TenantStore
 from router_ml.train import TrainConfig, run
@@ -38,11 +41,11 @@ def trained(mini_files, static_encoder_dir, tmp_path_factory):
     return out, models, prompts
 
 
-def _app(trained, static_encoder_dir, store, tenants, verdict, **steering):
+def _app(trained, static_encoder_dir, store, tenants, verdict, clock=SYSTEM_CLOCK, **steering):
     directory, models, _ = trained
     providers = {m: HandlerProvider(lambda r, m=m: f"the answer of {m}") for m in models}
     providers[JUDGE] = HandlerProvider(verdict)
-    steering = Steering(OperatingPointStore(store.engine), **{"target": 0.9, "min_labels": 5, "ladder_calls": 10,
+    steering = Steering(OperatingPointStore(store.engine, clock), **{"target": 0.9, "min_labels": 5, "ladder_calls": 10,
                                                               "probe_levels": 20, **steering})
     app = create_app(directory, providers, store=store, encoder=StaticEncoder(static_encoder_dir), tenants=tenants,
                      shadow=ShadowSettings(JUDGE, rate=1.0, cap_usd_day=100.0), steering=steering)
@@ -197,3 +200,39 @@ def test_a_request_may_ask_for_a_margin_itself_without_a_tenant(trained, static_
     answer = asyncio.run(go())
     assert answer.status_code == 200 and answer.json()["model"] == REFERENCE  # within -1 of it: only itself
     store.close()
+
+
+def test_a_spend_target_paces_a_tenant_below_its_quality_level(trained, static_encoder_dir, tmp_path):
+    """A tenant whose judge keeps it at the reference, with a spend target per day that the reference's pace
+    would overrun: the pacer raises its floor, calls are served cheaper, the move is recorded as the pacer's and
+    survives a restart, and removing the target brings the floor back."""
+    _, _, prompts = trained
+    url = f"sqlite:///{tmp_path}/calls.db"
+    clock = FixedClock(datetime(2026, 6, 1, 12, 0, tzinfo=UTC))  # half the day gone
+    store, tenants = CallStore(url, clock=clock), TenantStore(url, clock=clock)
+    tenants.create_tenant("acme", reference_model=REFERENCE)
+    key = tenants.issue_key("acme")
+    app, steering = _app(trained, static_encoder_dir, store, tenants, _reference_wins, clock)
+    assert set(asyncio.run(_calls([app], key, prompts, 40))) == {REFERENCE}
+    assert steering.pace(spend_targets(tenants), store.usage) == []  # no target: nothing to pace
+    calls, spent = store.usage("acme", datetime(2026, 6, 1, tzinfo=UTC))
+    assert calls == 40 and spent > 0
+    tenants.update_tenant("acme", spend_target_usd_day=1.2 * spent)  # at this pace the day would cost 2x spent
+    (change,) = steering.pace(spend_targets(tenants), store.usage)
+    assert change.by == "cost" and change.reason.startswith("cost pacer")
+    assert (change.old, change.new) == (0.0, 3.0)  # as far as a move may go (max_step): level 3 sends 20% away
+    assert change.estimate["allowance"] == pytest.approx(0.2 * spent / 40)
+    assert steering.pace(spend_targets(tenants), store.usage) == []  # paced a moment ago: not again
+    served = asyncio.run(_calls([app], key, prompts, 40))
+    assert sum(m != REFERENCE for m in served) >= 4  # served below the reference, where quality would keep it
+    described = steering.describe("acme")
+    assert described["level"] == 0 and described["floor"] == change.new and described["changes"][-1]["by"] == "cost"
+    resumed = Steering(OperatingPointStore(store.engine, clock), target=0.9)
+    resumed.refresh()
+    assert resumed.point("acme").floor == change.new  # a restart keeps the floor
+    tenants.update_tenant("acme", spend_target_usd_day=None)
+    clock.advance(minutes=2)
+    (back,) = steering.pace(spend_targets(tenants), store.usage)
+    assert (back.old, back.new, back.reason) == (change.new, 0.0, "cost pacer: no spend target")
+    store.close()
+    tenants.close()

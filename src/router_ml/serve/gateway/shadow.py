@@ -151,7 +151,7 @@ class ShadowJudge:
                 labels.append(Label(level, call.call_id, answers[model][1], answers[reference][1], routed, ref,
                                     1.0 / self.settings.rate))
         try:
-            await asyncio.to_thread(self.steering.judged, call.tenant.name, probes.ladder, labels, time.time())
+            await asyncio.to_thread(self.steering.judged, call.tenant.name, probes.ladder, labels)
         except Exception:  # the labels of this call are lost to the operating point; the verdict rows are logged
             logger.exception("labels of call %s not stored for tenant %s's operating point", call.call_id,
                              call.tenant.name)

@@ -15,6 +15,13 @@ point is rebuilt from the stored state and the stored labels (feedback labels in
 from the version that was read. The first worker to place a tenant's ladder stores it; the others adopt it.
 :meth:`Steering.refresh` (at start, then every few seconds: :func:`keep_fresh`) adopts what other workers moved,
 so a restart resumes from the stored point. The hot path reads only the margin held in memory.
+
+A tenant with a spend target per UTC day (``spend_target_usd_day``) is also paced (:meth:`Steering.pace`, every
+minute: :func:`keep_paced`): the cost pacer (:mod:`router_ml.online.pacer`) reads the day's calls and spend from
+the call log (judging included) and moves the point's floor, a point between two levels; each call then draws its
+level, the floor's upper one for the floor's fractional share of the calls. Pacing starts once the day has
+:data:`PACE_MIN_CALLS` calls. It projects the day's calls from those so far at the rate so far (no daily
+pattern), and it cannot spend less than judging costs (bounded by the shadow cap).
 """
 
 from __future__ import annotations
@@ -22,19 +29,25 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import random
 import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
 
 import numpy as np
 
 from router_ml.calllog.operating_points import Label, OperatingPointStore
-from router_ml.online.controller import AWAY_SHARES, OperatingPoint, ladder
+from router_ml.online.controller import AWAY_SHARES, Change, OperatingPoint, ladder
+from router_ml.online.pacer import level_costs, measured_scale, pace
 from router_ml.routers.policy import choose_near_reference
 
 logger = logging.getLogger(__name__)
 
 MOVE_ATTEMPTS = 3  # a move lost to another worker's is recomputed from the stored point this many times
+PACE_MIN_CALLS = 20  # calls in the day before the pacer moves, and since the last move before it measures costs
+DAY = timedelta(days=1)
 
 
 @dataclass
@@ -61,19 +74,20 @@ class Steering:
 
     def __init__(self, book: OperatingPointStore, target: float = 0.95, confidence: float = 0.8,
                  min_labels: int = 20, probe_levels: int = 3, ladder_calls: int = 100, away_shares=AWAY_SHARES,
-                 window: int = 1000, max_step: int = 3):
+                 window: int = 1000, max_step: int = 3, pace_every_s: float = 60.0):
         self.book, self.target, self.confidence, self.min_labels = book, target, confidence, min_labels
         self.probe_levels, self.ladder_calls, self.away_shares = probe_levels, ladder_calls, away_shares
-        self.window, self.max_step = window, max_step
+        self.window, self.max_step, self.pace_every_s = window, max_step, pace_every_s
         self.held: dict[str, Held] = {}
         self._seen: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
         self._lock = threading.Lock()  # one store round at a time per process: judged calls, refreshes, reports
 
     # ----------------------------------------------------------------- the hot path (memory only)
     def margin(self, tenant: str) -> float:
-        """The tenant's current margin: -inf (the reference alone) until its ladder is placed."""
+        """The margin of the tenant's next call: -inf (the reference alone) until its ladder is placed; a draw
+        between the floor's two levels when the pacer's floor lies between them."""
         held = self.held.get(tenant)
-        return held.point.margin if held is not None else -math.inf
+        return held.point.margin_for(random.random()) if held is not None else -math.inf
 
     def placed(self, tenant: str) -> bool:
         return tenant in self.held
@@ -90,6 +104,7 @@ class Steering:
         margins = ladder(qualities, costs, models.index(reference), self.away_shares)
         point = OperatingPoint(target=self.target, confidence=self.confidence, margins=margins,
                                min_labels=self.min_labels, window=self.window, max_step=self.max_step)
+        point.costs = level_costs(qualities, costs, models.index(reference), margins)
         self.held[tenant] = Held(point, uuid.uuid4().hex, None)
         del self._seen[tenant]
         logger.info("tenant %s: operating point ladder placed at margins %s", tenant, margins)
@@ -103,9 +118,10 @@ class Steering:
         point = held.point
         quality, cost = _predictions(decision)
         top, ref = len(point.margins) - 1, models.index(reference)
+        floor = {point.level_for(0.0), point.level_for(1.0 - 1e-9)}  # the levels the floor's calls are served at
         return Probes(held.ladder, {
             level: models[int(choose_near_reference(quality[None], cost[None], ref, point.margins[level])[0])]
-            for level in range(point.level, min(top, point.level + self.probe_levels) + 1)})
+            for level in sorted({*range(point.level, min(top, point.level + self.probe_levels) + 1), *floor})})
 
     # ----------------------------------------------------------------- the store (blocking: worker threads)
     def refresh(self) -> None:
@@ -123,12 +139,13 @@ class Steering:
             if held is None or held.version is None or held.version < stored.version:
                 self._adopt(tenant, stored.state, stored.version)
 
-    def judged(self, tenant: str, ladder_id: str, labels: list[Label], at: float):
+    def judged(self, tenant: str, ladder_id: str, labels: list[Label]):
         """Store one judged call's labels, then move the tenant's point if the stored labels say so; the change
-        (logged), or None. A move another worker saved first is recomputed from its point."""
+        (logged, stamped with the store's clock), or None. A move another worker saved first is recomputed from
+        its point."""
         with self._lock:
             self.book.add_labels(tenant, ladder_id, labels)
-            return self._move(tenant, ladder_id, at)
+            return self._move(tenant, ladder_id, self.book.clock.now().timestamp())
 
     def _move(self, tenant: str, ladder_id: str, at: float):
         for _ in range(MOVE_ATTEMPTS):
@@ -145,6 +162,49 @@ class Steering:
         logger.warning("tenant %s: operating point not moved: other workers kept moving it", tenant)
         return None
 
+    def pace(self, targets: dict[str, float], usage: Callable[[str, datetime], tuple[int, float]]) -> list[Change]:
+        """Move the floors of the tenants with a spend target (``targets``: USD per UTC day, by tenant) by the cost
+        pacer, and back to 0 for a tenant whose target was removed; ``usage(tenant, since)`` gives the client
+        calls and the USD spent since then (the call log's). The changes made (logged)."""
+        with self._lock:
+            tenants = set(targets) | {t for t, held in self.held.items() if held.point.floor > 0}
+            return [change for tenant in sorted(tenants)
+                    if (change := self._pace(tenant, targets.get(tenant), usage)) is not None]
+
+    def _pace(self, tenant: str, target: float | None, usage) -> Change | None:
+        now = self.book.clock.now()
+        day = now.replace(hour=0, minute=0, second=0, microsecond=0)
+        for _ in range(MOVE_ATTEMPTS):
+            held = self._current(tenant)
+            if held is None or held.point.costs is None:
+                return None  # no ladder placed yet (or placed before the pacer was)
+            point = held.point
+            if target is None:
+                change = point.set_floor(0.0, now.timestamp(), "cost pacer: no spend target", {})
+            else:
+                paced = [c.at for c in point.changes if c.by == "cost"]
+                if paced and now.timestamp() - paced[-1] < self.pace_every_s:
+                    return None  # another worker paced it a moment ago
+                calls, spent = usage(tenant, day)
+                if calls < PACE_MIN_CALLS:
+                    return None
+                moved = max([c.at for c in point.changes], default=0.0)
+                since = max(day, datetime.fromtimestamp(moved, now.tzinfo))
+                point.scale = measured_scale(point.costs, point.level, point.floor, *usage(tenant, since),
+                                             PACE_MIN_CALLS, point.scale)
+                found = pace(floor=point.floor, level=point.level, costs=point.costs, scale=point.scale, spent=spent,
+                             target=target, calls=calls, elapsed=max((now - day) / DAY, 1e-6),
+                             max_step=self.max_step)
+                change = point.set_floor(found.wanted, now.timestamp(), found.reason(), found.as_dict())
+            if change is None:
+                return None
+            if self.book.save(tenant, _state(held), held.version):
+                held.version += 1
+                logger.info("tenant %s: floor %.1f -> %.1f: %s", tenant, change.old, change.new, change.reason)
+                return change
+        logger.warning("tenant %s: floor not moved: other workers kept moving its point", tenant)
+        return None
+
     def point(self, tenant: str) -> OperatingPoint | None:
         """The tenant's point as stored, with the stored labels (feedback labels included); None before its
         ladder is placed."""
@@ -153,11 +213,12 @@ class Steering:
         return held.point if held is not None else None
 
     def describe(self, tenant: str) -> dict | None:
-        """The tenant's stored point: level, margin, the current level's estimate, the last moves."""
+        """The tenant's stored point: the quality controller's level, the pacer's floor, the level most calls are
+        served at and its margin and estimate, the last moves."""
         point = self.point(tenant)
         if point is None:
             return None
-        return {"level": point.level, "levels": len(point.margins),
+        return {"level": point.level, "levels": len(point.margins), "floor": point.floor, "served": point.served,
                 "margin": point.margin if math.isfinite(point.margin) else None,
                 "estimate": point.estimate().as_dict(), "changes": [asdict(c) for c in point.changes[-10:]]}
 
@@ -194,6 +255,17 @@ async def keep_fresh(steering: Steering, every_s: float) -> None:
         except Exception:
             logger.exception("operating points not refreshed from the store")
         await asyncio.sleep(every_s)
+
+
+async def keep_paced(steering: Steering, targets: Callable[[], dict[str, float]], usage, every_s: float) -> None:
+    """Pace the tenants' floors (:meth:`Steering.pace`) every ``every_s`` seconds, the spend targets read anew
+    each time (``targets()``: USD per UTC day by tenant); a failed pace is logged and retried at the next."""
+    while True:
+        await asyncio.sleep(every_s)
+        try:
+            await asyncio.to_thread(lambda: steering.pace(targets(), usage))
+        except Exception:
+            logger.exception("operating points not paced")
 
 
 def _state(held: Held) -> dict:

@@ -4,7 +4,9 @@ A tenant is who pays and whose calls are logged together: its default routing po
 ``router-ml/auto``, request fields override it), the models it may use (null: all), its budgets in USD per
 day and month, its rate limits in requests and tokens per minute (null: unlimited; enforced by
 :mod:`router_ml.serve.tenancy.limits`), whether to route to cheaper models before refusing a call over budget
-(``degrade_before_deny``) and the model its savings are measured against (``reference_model``).
+(``degrade_before_deny``), the model its savings are measured against (``reference_model``) and the spend per
+UTC day that online steering paces its routing to (``spend_target_usd_day``: :mod:`router_ml.online.pacer`; a
+target, where a budget is a limit).
 
 Keys are ``rm-`` + 43 url-safe characters (256 random bits); only their SHA-256 is stored, with the first
 8 characters (``prefix``) to tell keys apart in listings and to revoke one. The plaintext is returned once,
@@ -55,6 +57,7 @@ tenants = sa.Table(
     sa.Column("tpm", sa.Integer),
     sa.Column("degrade_before_deny", sa.Boolean, nullable=False),
     sa.Column("reference_model", sa.String(200)),
+    sa.Column("spend_target_usd_day", sa.Float),
 )
 
 api_keys = sa.Table(
@@ -84,6 +87,7 @@ class TenantSettings(BaseModel):
     tpm: int | None = Field(default=None, ge=0)
     degrade_before_deny: bool = False
     reference_model: str | None = None
+    spend_target_usd_day: float | None = Field(default=None, gt=0)
 
 
 SETTINGS = tuple(TenantSettings.model_fields)
@@ -115,6 +119,7 @@ class Tenant:
     tpm: int | None
     degrade_before_deny: bool
     reference_model: str | None
+    spend_target_usd_day: float | None = None
     key_prefix: str | None = None  # the key the tenant called with, and its own limits (see authenticate)
     key_rpm: int | None = None
     key_tpm: int | None = None
@@ -135,7 +140,8 @@ def _tenant(row) -> Tenant:
     return Tenant(id=m["id"], name=m["name"], created_at=as_utc(m["created_at"]), policy=Policy(**m["policy"]),
                   allowed_models=tuple(m["allowed_models"]) if m["allowed_models"] is not None else None,
                   budget_usd_day=m["budget_usd_day"], budget_usd_month=m["budget_usd_month"], rpm=m["rpm"],
-                  tpm=m["tpm"], degrade_before_deny=m["degrade_before_deny"], reference_model=m["reference_model"])
+                  tpm=m["tpm"], degrade_before_deny=m["degrade_before_deny"], reference_model=m["reference_model"],
+                  spend_target_usd_day=m["spend_target_usd_day"])
 
 
 def _columns(settings: TenantSettings) -> dict:
