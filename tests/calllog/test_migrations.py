@@ -270,7 +270,7 @@ def reference_url(request, url, tmp_path):
 def test_migrations_are_numbered_in_order_and_name_their_commits():
     assert [m.version for m in MIGRATIONS] == list(range(1, head() + 1))
     assert [m.commit for m in MIGRATIONS] == ["57730f6", "44c098a", "0342915", "69c40ef", "b5eb8f3", "aacd28c",
-                                              "57619b3", "3be0dd4", "8f0ff29"]
+                                              "57619b3", "3be0dd4", "8f0ff29", "ad0412e"]
     for migration in MIGRATIONS:  # each commit is in this repository's history
         found = subprocess.run(["git", "cat-file", "-t", migration.commit], capture_output=True, text=True)
         if found.returncode == 0:

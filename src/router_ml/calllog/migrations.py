@@ -271,7 +271,7 @@ _online_labels_0009 = sa.Table(
     sa.Index("online_labels_ladder", "tenant", "ladder", "level", "id"),
 )
 
-# 0010, commit (this one): a tenant's spend target per UTC day, which online steering's cost pacer steers to.
+# 0010, commit ad0412e: a tenant's spend target per UTC day, which online steering's cost pacer steers to.
 _tenants_0010 = sa.Table("tenants", sa.MetaData(), sa.Column("spend_target_usd_day", sa.Float))
 
 MIGRATIONS: tuple[Migration, ...] = (
@@ -285,7 +285,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(8, "operating_points", "3be0dd4", (CreateTable(_operating_points_0008),)),
     Migration(9, "online_labels", "8f0ff29", (AddColumns(_calls_0009), AddColumns(_operating_points_0009),
                                               CreateTable(_online_labels_0009))),
-    Migration(10, "tenants_spend_target", "(this)", (AddColumns(_tenants_0010),)),
+    Migration(10, "tenants_spend_target", "ad0412e", (AddColumns(_tenants_0010),)),
 )
 
 
