@@ -13,8 +13,10 @@ The loop's settings (sampling rate, labels before a level counts as proven, leve
 confidence, how many levels a move may skip) are chosen on the VALIDATION streams (the modern pool's: prompts of
 the benchmarks the router trained on; MMLU-Pro's: questions held out from its router's fit):
 the setting with the best mean net cost cut among those whose target held in at least 95% of the orders of every
-validation stream (a margin for the shift to the test streams), with a noiseless and a 10%-noisy judge. Writes
-benchmarks/results/online_quality.json and online_quality.png. Run with `make bench`.
+validation stream (a margin for the shift to the test streams), with a noiseless and a 10%-noisy judge. The cost
+pacer (router_ml.online.pacer) then replays the test streams of more than 900 calls with cost targets (a share of
+what always serving the reference costs over the stream): the spend against the target, and the quality it leaves.
+Writes benchmarks/results/online_quality.json and online_quality.png. Run with `make bench`.
 """
 
 from __future__ import annotations
@@ -48,6 +50,8 @@ GRID = [{"sample_rate": rate, "min_labels": labels, "probe_levels": probe, "conf
         for step in (1, 3)]
 MMLU_PRO_TEST = 0.25  # the share of MMLU-Pro's questions (by duplicate group) replayed as the test stream
 HELD = 0.95  # the share of orders a validation stream must hold the target in: above the 90% asked on test
+COST_TARGETS = (0.5, 0.3)  # shares of the reference's cost over the stream, for the pacer's replays
+PACED_CALLS = 900  # streams at least this long are paced
 
 
 def _stream(name: str, dataset, predicted_quality, predicted_cost, static_choice=None) -> Stream:
@@ -150,11 +154,21 @@ def main() -> None:
                   f"{median['net_cost_cut']:.1%}, shadow {median['shadow_share']:.1%}, labels {median['labels']:.0f}"
                   + (f"; static calibration kept {static['quality_share']:.1%} at {static['cost_cut']:.1%} cut"
                      if static else ""), flush=True)
+    paced = []
+    for stream, reference in streams:
+        for cost_target in COST_TARGETS if len(stream) >= PACED_CALLS else ():
+            report = simulate(stream, reference, dataclasses.replace(settings, cost_target=cost_target), ORDERS)
+            paced.append(report)
+            spend = [r["spend_of_cost_target"] for r in report["runs"]]
+            print(f"{stream.name}, cost target {cost_target:.0%} of the reference's: spent {np.median(spend):.0%} "
+                  f"of it (range {min(spend):.0%}-{max(spend):.0%}), kept {report['median']['quality_share']:.1%} "
+                  f"(min {report['min_quality_share']:.1%})", flush=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
     png = plot_operating_point(RESULTS / "online_quality.png", [r for r in reports if r["flip_rate"] == 0.0])
     result = {"benchmark": "online_quality", "orders": ORDERS, "settings": dataclasses.asdict(settings),
               "validation_grid": tried, "streams": [{k: v for k, v in r.items() if k != "level_trace"}
                                                     for r in reports],
+              "paced": [{k: v for k, v in r.items() if k != "level_trace"} for r in paced],
               "plot": str(png.relative_to(PROJECT_ROOT)), "runtime_s": round(time.perf_counter() - started, 1)}
     (RESULTS / "online_quality.json").write_text(json.dumps(json_safe(result), indent=1) + "\n")
     print(f"online quality benchmark: {result['runtime_s']} s -> {RESULTS / 'online_quality.json'}")
