@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from router_ml.online.sampling import judging_chance
 from router_ml.online.simulate import Settings, Stream, simulate
 from real_streams import REFERENCE, task_router_stream
 
@@ -43,3 +44,9 @@ def test_the_static_baseline_is_reported_and_bad_streams_are_refused(stream):
     with pytest.raises(ValueError, match="predicted_cost has shape"):
         Stream("bad", stream.models, stream.predicted_quality, stream.predicted_cost[:, :3], stream.quality,
                stream.cost)
+
+
+def test_the_judging_schedule_is_front_loaded_at_its_mean_rate():
+    chances = [judging_chance(0.05, t, horizon=2000) for t in range(1, 2001)]
+    assert chances[0] == 1.0 and chances[-1] == pytest.approx(0.025)
+    assert np.mean(chances) == pytest.approx(0.05, rel=0.05) and all(np.diff(chances) <= 0)

@@ -23,6 +23,7 @@ import polars as pl
 from router_ml.label import outcome_matrix
 from router_ml.online.controller import AWAY_SHARES, OperatingPoint, ladder
 from router_ml.online.pacer import level_costs, measured_scale, pace
+from router_ml.online.sampling import HORIZON, judging_chance
 from router_ml.routers.policy import choose_near_reference
 from router_ml.tokens import count_tokens
 
@@ -73,9 +74,9 @@ class Settings:
     """The loop's settings: the tenant's target and the controller's, sampling, and the simulated judge.
 
     A call is judged when one of the levels it is graded at (the current one and the ``probe_levels`` cheaper
-    ones) would serve another model than the reference, with a probability that falls as the stream goes on:
-    ``sample_rate / 2 * sqrt(horizon / t)`` at call t (capped at 1), so that labels come early, when the
-    operating point needs them, and about ``sample_rate`` of the first ``horizon`` calls are judged. Other calls
+    ones) would serve another model than the reference, with a probability that falls as the stream goes on
+    (:func:`~router_ml.online.sampling.judging_chance`, as the gateway judges: about ``sample_rate`` of the first
+    ``horizon`` calls). Other calls
     are judged at ``quiet_rate`` (the judge then grades the reference's answer alone: no shadow call). The ladder of
     margins (:func:`~router_ml.online.controller.ladder` at ``away_shares``) is placed on the predictions of the
     stream's first ``ladder_calls`` calls; a move cheaper skips to the cheapest proven level up to ``max_step`` away."""
@@ -83,7 +84,7 @@ class Settings:
     target: float = 0.95
     confidence: float = 0.8
     sample_rate: float = 0.05
-    horizon: int = 2000
+    horizon: int = HORIZON
     quiet_rate: float = 0.01
     probe_levels: int = 3
     max_step: int = 1
@@ -147,7 +148,7 @@ def run_stream(stream: Stream, reference: int, settings: Settings = Settings(), 
         served[t] = choices[level[t], i]
         window = sorted({*range(point.level, min(top, point.level + settings.probe_levels) + 1), int(level[t])})
         informative = any(choices[lvl, i] != reference for lvl in window)
-        early = min(1.0, settings.sample_rate / 2 * np.sqrt(settings.horizon / (t + 1)))
+        early = judging_chance(settings.sample_rate, t + 1, settings.horizon)
         chance = early if informative else settings.quiet_rate
         if rng.random() >= chance:
             continue

@@ -128,7 +128,8 @@ def build_app():
         raise ValueError("ROUTER_ML_ONLINE_TARGET needs a judge: set ROUTER_ML_JUDGE_MODEL to a served model")
     steering = None
     if settings.online_target is not None:
-        steering = Steering(OperatingPointStore(store.engine, clock), settings.online_target, pace_every_s=PACE_S)
+        steering = Steering(OperatingPointStore(store.engine, clock), settings.online_target, pace_every_s=PACE_S,
+                            usage=store.usage)
     app = create_app(bundles, providers_for(models, settings, pool), store=store, tenants=tenants,
                      admin_key=settings.admin_key, limits=limits, cache=cache, clock=clock, shadow=shadow,
                      steering=steering)

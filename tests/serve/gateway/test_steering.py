@@ -19,6 +19,7 @@ from router_ml.clock import SYSTEM_CLOCK, FixedClock
 from router_ml.data.prepare import prepare
 from router_ml.data.report import ImportReport
 from router_ml.embed import StaticEncoder
+from router_ml.online.sampling import judging_chance
 from router_ml.serve.app import create_app
 from router_ml.serve.gateway.shadow import ShadowSettings
 from router_ml.serve.gateway.steering import Steering
@@ -120,10 +121,13 @@ def test_a_tenant_starts_at_its_reference_and_earns_its_way_down(trained, static
     assert {"shadow", "judge", "probe"} <= set(kinds)
     assert saved["acme"].version == 1 + len(point.changes)  # placed, then one save per move
     store = CallStore(url)
-    resumed = Steering(OperatingPointStore(store.engine), target=0.9)  # a restart resumes from the stored point
-    assert resumed.margin("acme") == float("-inf")
+    # a restart resumes from the stored point, and the judging schedule from the call log's count of calls
+    resumed = Steering(OperatingPointStore(store.engine), target=0.9, usage=store.usage)
+    assert resumed.margin("acme") == float("-inf") and resumed.chance("acme", 0.03) == 0.03
     resumed.refresh()
     assert resumed.margin("acme") == point.margin and resumed.point("acme").estimate(1) == point.estimate(1)
+    assert resumed.held["acme"].calls in (50, 51)  # the calls from the 10th, where the ladder was placed
+    assert resumed.chance("acme", 0.03) == judging_chance(0.03, resumed.held["acme"].calls) > 0.03
     store.close()
 
 

@@ -169,8 +169,11 @@ class Gateway:
             policy = self._steered(tenant, bundle, effective)
             decision = self.decide(bundle, prompt, input_tokens, policy)
             candidates = [m for m in decision.ranking if m in self.providers]
-            if policy is not effective and not self.steering.placed(tenant.name):  # a new tenant's first calls
-                self.steering.place(tenant.name, decision, bundle.models, policy.reference)
+            if policy is not effective:
+                if self.steering.placed(tenant.name):
+                    self.steering.count(tenant.name)
+                else:  # a new tenant's first calls
+                    self.steering.place(tenant.name, decision, bundle.models, policy.reference)
         if not candidates:
             raise NoCandidates("no provider serves any model the policy allows")
         asked = override.model_dump(exclude_none=True) if override is not None else None

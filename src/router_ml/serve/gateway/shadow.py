@@ -11,8 +11,9 @@ beside it (:meth:`~router_ml.serve.gateway.steering.Steering.judged`).
 
 It never delays or changes an answer: the work runs in a task of its own, started after the call was logged.
 A call is considered when its tenant has a reference model the gateway serves and another model answered it or
-a probe would; it is sampled with probability ``rate``, while the tenant's judging spend of the UTC day (in this
-process) is under ``cap_usd_day``. Calls answered from the cache are not judged.
+a probe would; it is sampled with probability ``rate`` (for a steered tenant: on the online loop's front-loaded
+schedule of mean ``rate``, :meth:`~router_ml.serve.gateway.steering.Steering.chance`), while the tenant's judging
+spend of the UTC day (in this process) is under ``cap_usd_day``. Calls answered from the cache are not judged.
 """
 
 from __future__ import annotations
@@ -71,13 +72,14 @@ class ShadowJudge:
         reference = tenant.reference_model if tenant is not None else None
         if reference is None or reference not in self.providers:
             return None
-        if self.rng.random() >= self.settings.rate or self._spent_today(tenant.name) >= self.settings.cap_usd_day:
-            return None
         steered = self.steering is not None and call.decision is not None and reference in call.bundle.models
+        chance = self.steering.chance(tenant.name, self.settings.rate) if steered else self.settings.rate
+        if self.rng.random() >= chance or self._spent_today(tenant.name) >= self.settings.cap_usd_day:
+            return None
         probes = self.steering.probes(tenant.name, call.decision, call.bundle.models, reference) if steered else None
         if answer.model == reference and (probes is None or all(m == reference for m in probes.models.values())):
             return None  # nothing to compare
-        task = asyncio.get_running_loop().create_task(self._judge(call, answer, reference, probes))
+        task = asyncio.get_running_loop().create_task(self._judge(call, answer, reference, probes, chance))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
@@ -127,7 +129,7 @@ class ShadowJudge:
                   judge_routed=verdict.routed, judge_reference=verdict.reference, **ids)
         return verdict
 
-    async def _judge(self, call, answer, reference: str, probes: Probes | None) -> None:
+    async def _judge(self, call, answer, reference: str, probes: Probes | None, chance: float) -> None:
         served = answer.model
         answers = {served: (answer.result.text, call.call_id)}  # model -> (its answer, the id of its row)
         for model in {reference, *(probes.models.values() if probes else ())} - {served}:
@@ -149,7 +151,7 @@ class ShadowJudge:
             routed, ref = verdicts.get(model, same)
             if routed is not None:
                 labels.append(Label(level, call.call_id, answers[model][1], answers[reference][1], routed, ref,
-                                    1.0 / self.settings.rate))
+                                    1.0 / chance))
         try:
             await asyncio.to_thread(self.steering.judged, call.tenant.name, probes.ladder, labels)
         except Exception:  # the labels of this call are lost to the operating point; the verdict rows are logged

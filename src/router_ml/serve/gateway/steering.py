@@ -16,6 +16,10 @@ from the version that was read. The first worker to place a tenant's ladder stor
 :meth:`Steering.refresh` (at start, then every few seconds: :func:`keep_fresh`) adopts what other workers moved,
 so a restart resumes from the stored point. The hot path reads only the margin held in memory.
 
+The shadow judge samples a tenant's calls on the online loop's schedule (:mod:`router_ml.online.sampling`:
+front-loaded, from the tenant's calls since its ladder was placed, which each refresh reads from the call log
+so that workers and restarts share one count).
+
 A tenant with a spend target per UTC day (``spend_target_usd_day``) is also paced (:meth:`Steering.pace`, every
 minute: :func:`keep_paced`): the cost pacer (:mod:`router_ml.online.pacer`) reads the day's calls and spend from
 the call log (judging included) and moves the point's floor, a point between two levels; each call then draws its
@@ -34,13 +38,14 @@ import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 
 from router_ml.calllog.operating_points import Label, OperatingPointStore
 from router_ml.online.controller import AWAY_SHARES, Change, OperatingPoint, ladder
 from router_ml.online.pacer import level_costs, measured_scale, pace
+from router_ml.online.sampling import judging_chance
 from router_ml.routers.policy import choose_near_reference
 
 logger = logging.getLogger(__name__)
@@ -52,12 +57,15 @@ DAY = timedelta(days=1)
 
 @dataclass
 class Held:
-    """A tenant's point as this process holds it: the ladder it belongs to and the stored version it was read
-    at (None: placed here and not stored yet)."""
+    """A tenant's point as this process holds it: the ladder it belongs to, the stored version it was read
+    at (None: placed here and not stored yet), when the ladder was placed (the store clock's epoch seconds) and
+    the tenant's calls since (the call log's count at the last refresh, plus this process's calls since)."""
 
     point: OperatingPoint
     ladder: str
     version: int | None
+    placed_at: float
+    calls: int = 0
 
 
 @dataclass(frozen=True)
@@ -74,10 +82,12 @@ class Steering:
 
     def __init__(self, book: OperatingPointStore, target: float = 0.95, confidence: float = 0.8,
                  min_labels: int = 20, probe_levels: int = 3, ladder_calls: int = 100, away_shares=AWAY_SHARES,
-                 window: int = 1000, max_step: int = 3, pace_every_s: float = 60.0):
+                 window: int = 1000, max_step: int = 3, pace_every_s: float = 60.0,
+                 usage: Callable[[str, datetime], tuple[int, float]] | None = None):
         self.book, self.target, self.confidence, self.min_labels = book, target, confidence, min_labels
         self.probe_levels, self.ladder_calls, self.away_shares = probe_levels, ladder_calls, away_shares
         self.window, self.max_step, self.pace_every_s = window, max_step, pace_every_s
+        self.usage = usage  # (client calls, USD) of a tenant since a time: the call log's (None: counted here only)
         self.held: dict[str, Held] = {}
         self._seen: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
         self._lock = threading.Lock()  # one store round at a time per process: judged calls, refreshes, reports
@@ -92,6 +102,18 @@ class Steering:
     def placed(self, tenant: str) -> bool:
         return tenant in self.held
 
+    def count(self, tenant: str) -> None:
+        """One more routed call of a tenant whose ladder is placed (the judging schedule's clock)."""
+        held = self.held.get(tenant)
+        if held is not None:
+            held.calls += 1
+
+    def chance(self, tenant: str, rate: float) -> float:
+        """The probability of judging the tenant's call now (:func:`~router_ml.online.sampling.judging_chance` at
+        a mean ``rate``); ``rate`` itself before its ladder is placed."""
+        held = self.held.get(tenant)
+        return judging_chance(rate, held.calls) if held is not None else rate
+
     def place(self, tenant: str, decision, models: list[str], reference: str) -> None:
         """One routed call's predictions (its :class:`~router_ml.bundle.Decision` over ``models``) toward placing
         the tenant's ladder, which is placed at the ``ladder_calls``-th (and stored at the next refresh or judged
@@ -105,7 +127,7 @@ class Steering:
         point = OperatingPoint(target=self.target, confidence=self.confidence, margins=margins,
                                min_labels=self.min_labels, window=self.window, max_step=self.max_step)
         point.costs = level_costs(qualities, costs, models.index(reference), margins)
-        self.held[tenant] = Held(point, uuid.uuid4().hex, None)
+        self.held[tenant] = Held(point, uuid.uuid4().hex, None, self.book.clock.now().timestamp())
         del self._seen[tenant]
         logger.info("tenant %s: operating point ladder placed at margins %s", tenant, margins)
 
@@ -137,7 +159,9 @@ class Steering:
         for tenant, stored in self.book.points().items():
             held = self.held.get(tenant)
             if held is None or held.version is None or held.version < stored.version:
-                self._adopt(tenant, stored.state, stored.version)
+                held = self._adopt(tenant, stored.state, stored.version)
+            if self.usage is not None:
+                held.calls = self.usage(tenant, datetime.fromtimestamp(held.placed_at, UTC))[0]
 
     def judged(self, tenant: str, ladder_id: str, labels: list[Label]):
         """Store one judged call's labels, then move the tenant's point if the stored labels say so; the change
@@ -239,7 +263,8 @@ class Steering:
     def _adopt(self, tenant: str, state: dict, version: int) -> Held:
         old = self.held.get(tenant)
         point = OperatingPoint.from_state({**state, "labels": [[] for _ in state["margins"]]})
-        held = self.held[tenant] = Held(point, state["ladder"], version)
+        calls = old.calls if old is not None and old.ladder == state["ladder"] else 0
+        held = self.held[tenant] = Held(point, state["ladder"], version, state.get("placed_at", 0.0), calls)
         self._seen.pop(tenant, None)
         if old is None or old.point.level != point.level or old.ladder != held.ladder:
             logger.info("tenant %s: operating point at level %d (stored version %d)", tenant, point.level, version)
@@ -271,7 +296,7 @@ async def keep_paced(steering: Steering, targets: Callable[[], dict[str, float]]
 def _state(held: Held) -> dict:
     """What is stored of a point: its state without labels (they have their own table), with its ladder's id."""
     state = held.point.state()
-    return {**state, "labels": [], "ladder": held.ladder}
+    return {**state, "labels": [], "ladder": held.ladder, "placed_at": held.placed_at}
 
 
 def _predictions(decision) -> tuple[np.ndarray, np.ndarray]:
