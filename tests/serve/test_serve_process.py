@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from router_ml.data.prepare import prepare
 from router_ml.data.report import ImportReport
 from router_ml.embed import StaticEncoder
+from router_ml.serve.demo_traffic import DemoTraffic
 from router_ml.serve.tenancy.tenants import TenantStore
 from router_ml.train import TrainConfig, run
 
@@ -323,3 +324,16 @@ def test_demo_traffic_sends_real_prompts_as_the_demo_tenant_and_revokes_its_key(
                                     "WHERE t.name = 'demo'")).all()
     engine.dispose()
     assert len(keys) == 1 and keys[0][0] is not None
+
+
+def test_demo_traffic_goes_on_after_its_last_prompt():
+    """The demo sends its prompts over and over (`make run` runs for hours): a repeat past the end of the list
+    is still one of its prompts."""
+    prompts = ["first real prompt", "second real prompt", "third real prompt"]
+    traffic = DemoTraffic("http://127.0.0.1:1", "rm-unused", prompts, rate=1.0)
+    position, sent = 0, []
+    for _ in range(100):
+        prompt, position = traffic.next_prompt(position)
+        sent.append(prompt)
+        traffic.sent += 1
+    assert set(sent) == set(prompts) and position == 90  # every tenth a repeat, the rest in order

@@ -74,16 +74,19 @@ class DemoTraffic:
             log.warning("demo traffic: request failed: %s", exc)
         self.sent += 1
 
+    def next_prompt(self, position: int) -> tuple[str, int]:
+        """The next prompt to send and the next position in the list: the list in order, over and over, and every
+        REPEAT_EVERY-th request a prompt already sent (a cache hit)."""
+        if self.sent % REPEAT_EVERY == REPEAT_EVERY - 1 and position:
+            return self.prompts[self.random.randrange(min(position, len(self.prompts)))], position
+        return self.prompts[position % len(self.prompts)], position + 1
+
     def _run(self) -> None:
         if not self._ready():
             return
         position = 0
         while not self.stop.is_set():
-            if self.sent % REPEAT_EVERY == REPEAT_EVERY - 1 and position:
-                prompt = self.prompts[self.random.randrange(position)]
-            else:
-                prompt = self.prompts[position % len(self.prompts)]
-                position += 1
+            prompt, position = self.next_prompt(position)
             started = time.monotonic()
             self._send(prompt)
             self.stop.wait(max(0.0, 1.0 / self.rate - (time.monotonic() - started)))
