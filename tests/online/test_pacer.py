@@ -29,7 +29,7 @@ def test_a_floor_between_levels_mixes_their_costs():
 
 
 def test_the_pacer_tightens_when_over_and_relaxes_slowly():
-    half_day = dict(level=0, costs=COSTS, scale=1.0, calls=100, elapsed=0.5, max_step=1)
+    half_day = dict(level=0, costs=COSTS, scale=1.0, calls=100, to_come=100, max_step=1)
     over = pace(floor=0.0, spent=900.0, target=1000.0, **half_day)  # 100 left for 100 calls: 1 a call
     assert over.allowance == pytest.approx(1.0) and over.wanted == 1.0  # one level at a time (max_step)
     assert over.projected_spend == pytest.approx(900 + 100 * 10)
@@ -40,8 +40,8 @@ def test_the_pacer_tightens_when_over_and_relaxes_slowly():
     assert doubled.wanted == pytest.approx(1.8)  # cost_at(costs x 2, 1.75) = 7, to a tenth of a level
     with pytest.raises(ValueError, match="cost target must be positive"):
         pace(floor=0.0, spent=0.0, target=0.0, **half_day)
-    with pytest.raises(ValueError, match="elapsed"):
-        pace(floor=0.0, spent=0.0, target=1.0, **{**half_day, "elapsed": 0.0})
+    with pytest.raises(ValueError, match="calls to come"):
+        pace(floor=0.0, spent=0.0, target=1.0, **{**half_day, "to_come": -1})
 
 
 def test_the_floor_serves_its_share_of_calls_cheaper_and_survives_a_restart():

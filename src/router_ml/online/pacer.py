@@ -6,9 +6,8 @@ The floor is a point between levels: at floor 4.3, 30% of the calls are served a
 level often costs a tenth of the one below it). The ladder's levels cost what the router predicts for the tenant's
 own prompts (:func:`level_costs`, from the predictions the ladder was placed on). Those predictions are off by
 some factor on real traffic (answers longer than predicted, shadow and judge calls), so the pacer scales them by
-what a call really cost since the point last moved (``scale``: kept from pace to pace). Each pace projects the
-period's calls from those so far and the share of the period elapsed, splits what is left of the target over
-the calls still to come, and wants the floor whose scaled cost is that allowance (the cheapest level when even
+what a call really cost since the point last moved (``scale``: kept from pace to pace). Each pace splits what
+is left of the target over the calls still to come in the period (the caller's projection), and wants the floor whose scaled cost is that allowance (the cheapest level when even
 that costs more). The floor moves toward it, cheaper by up to ``max_step`` levels at once, more expensive by at
 most one level and only as far as leaves ``slack`` of the allowance unspent, so that it does not flap.
 
@@ -76,16 +75,15 @@ class Pace:
 
 
 def pace(*, floor: float, level: int, costs, scale: float, spent: float, target: float, calls: int,
-         elapsed: float, max_step: int = 3, slack: float = 0.9) -> Pace:
+         to_come: float, max_step: int = 3, slack: float = 0.9) -> Pace:
     """The next floor (see the module docstring). ``costs`` are the ladder's predicted costs per call
     (:func:`level_costs`) and ``scale`` what real calls cost against them, ``level`` the quality controller's,
-    ``spent`` and ``calls`` the period's so far, ``elapsed`` the share of the period gone (in (0, 1])."""
+    ``spent`` and ``calls`` the period's so far, ``to_come`` the calls expected in the rest of it."""
     if target <= 0:
         raise ValueError(f"a cost target must be positive, not {target}")
-    if not 0 < elapsed <= 1:
-        raise ValueError(f"elapsed must be a share of the period in (0, 1], not {elapsed}")
+    if not to_come >= 0:
+        raise ValueError(f"the calls to come must be a count >= 0, not {to_come}")
     scaled = [c * scale for c in costs]
-    to_come = calls * (1 - elapsed) / elapsed
     allowance = (target - spent) / to_come if to_come > 0 else math.inf
     wanted = floor_for(scaled, allowance)
     if wanted > floor:

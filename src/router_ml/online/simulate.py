@@ -140,7 +140,7 @@ def run_stream(stream: Stream, reference: int, settings: Settings = Settings(), 
             point.scale = measured_scale(point.costs, point.level, point.floor, t - since, float(paid[since:].sum()),
                                          settings.pace_calls, point.scale)
             found = pace(floor=point.floor, level=point.level, costs=point.costs, scale=point.scale,
-                         spent=float(paid.sum()), target=budget, calls=t, elapsed=t / n, max_step=settings.max_step)
+                         spent=float(paid.sum()), target=budget, calls=t, to_come=n - t, max_step=settings.max_step)
             if point.set_floor(found.wanted, t, found.reason(), found.as_dict()) is not None:
                 since = t
         draw = rng.random() if budget is not None else 0.0  # without a floor, a call's level needs no draw

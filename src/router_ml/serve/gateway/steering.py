@@ -24,8 +24,9 @@ A tenant with a spend target per UTC day (``spend_target_usd_day``) is also pace
 minute: :func:`keep_paced`): the cost pacer (:mod:`router_ml.online.pacer`) reads the day's calls and spend from
 the call log (judging included) and moves the point's floor, a point between two levels; each call then draws its
 level, the floor's upper one for the floor's fractional share of the calls. Pacing starts once the day has
-:data:`PACE_MIN_CALLS` calls. It projects the day's calls from those so far at the rate so far (no daily
-pattern), and it cannot spend less than judging costs (bounded by the shadow cap).
+:data:`PACE_MIN_CALLS` calls. It expects the rest of the day at the higher of the tenant's call rates over the
+day so far and over the last ten minutes (no daily pattern), and it cannot spend less than judging costs
+(bounded by the shadow cap).
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ logger = logging.getLogger(__name__)
 MOVE_ATTEMPTS = 3  # a move lost to another worker's is recomputed from the stored point this many times
 PACE_MIN_CALLS = 20  # calls in the day before the pacer moves, and since the last move before it measures costs
 DAY = timedelta(days=1)
+RECENT = timedelta(minutes=10)  # the window of a tenant's recent call rate, for the pacer's projection
 
 
 @dataclass
@@ -78,10 +80,11 @@ class Probes:
 
 
 class Steering:
-    """The operating points of the tenants (see the module docstring)."""
+    """The operating points of the tenants (see the module docstring). The defaults of the controller's settings
+    are those ``benchmarks/online_quality.py`` chose on its validation streams."""
 
     def __init__(self, book: OperatingPointStore, target: float = 0.95, confidence: float = 0.8,
-                 min_labels: int = 20, probe_levels: int = 3, ladder_calls: int = 100, away_shares=AWAY_SHARES,
+                 min_labels: int = 20, probe_levels: int = 9, ladder_calls: int = 100, away_shares=AWAY_SHARES,
                  window: int = 1000, max_step: int = 3, pace_every_s: float = 60.0,
                  usage: Callable[[str, datetime], tuple[int, float]] | None = None):
         self.book, self.target, self.confidence, self.min_labels = book, target, confidence, min_labels
@@ -217,7 +220,7 @@ class Steering:
                 point.scale = measured_scale(point.costs, point.level, point.floor, *usage(tenant, since),
                                              PACE_MIN_CALLS, point.scale)
                 found = pace(floor=point.floor, level=point.level, costs=point.costs, scale=point.scale, spent=spent,
-                             target=target, calls=calls, elapsed=max((now - day) / DAY, 1e-6),
+                             target=target, calls=calls, to_come=self._to_come(tenant, calls, now, day, usage),
                              max_step=self.max_step)
                 change = point.set_floor(found.wanted, now.timestamp(), found.reason(), found.as_dict())
             if change is None:
@@ -228,6 +231,14 @@ class Steering:
                 return change
         logger.warning("tenant %s: floor not moved: other workers kept moving its point", tenant)
         return None
+
+    @staticmethod
+    def _to_come(tenant: str, calls: int, now: datetime, day: datetime, usage) -> float:
+        """The tenant's calls expected in the rest of the day: at the higher of its rates over the day so far and
+        over the last :data:`RECENT` (a tenant whose traffic started an hour ago, or has just grown)."""
+        left, gone = (day + DAY - now).total_seconds(), max((now - day).total_seconds(), 1.0)
+        recent = usage(tenant, max(day, now - RECENT))[0] / min(gone, RECENT.total_seconds())
+        return left * max(calls / gone, recent)
 
     def point(self, tenant: str) -> OperatingPoint | None:
         """The tenant's point as stored, with the stored labels (feedback labels included); None before its
