@@ -139,8 +139,7 @@ def build_app():
         background = [asyncio.create_task(watch(app.state.bundles, settings.bundle_watch_seconds))]
         if steering is not None:  # the operating points other workers and replicas moved, and the stored ones
             background.append(asyncio.create_task(keep_fresh(steering, STEERING_REFRESH_S)))
-            background.append(asyncio.create_task(keep_paced(steering, lambda: spend_targets(tenants), store.usage,
-                                                             PACE_S)))
+            background.append(asyncio.create_task(keep_paced(steering, lambda: spend_targets(tenants), PACE_S)))
         yield
         for task in background:
             task.cancel()

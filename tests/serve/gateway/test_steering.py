@@ -216,18 +216,18 @@ def test_a_spend_target_paces_a_tenant_below_its_quality_level(trained, static_e
     store, tenants = CallStore(url, clock=clock), TenantStore(url, clock=clock)
     tenants.create_tenant("acme", reference_model=REFERENCE)
     key = tenants.issue_key("acme")
-    app, steering = _app(trained, static_encoder_dir, store, tenants, _reference_wins, clock)
+    app, steering = _app(trained, static_encoder_dir, store, tenants, _reference_wins, clock, usage=store.usage)
     assert set(asyncio.run(_calls([app], key, prompts, 40))) == {REFERENCE}
-    assert steering.pace(spend_targets(tenants), store.usage) == []  # no target: nothing to pace
+    assert steering.pace(spend_targets(tenants)) == []  # no target: nothing to pace
     calls, spent = store.usage("acme", datetime(2026, 6, 1, tzinfo=UTC))
     assert calls == 40 and spent > 0
     tenants.update_tenant("acme", spend_target_usd_day=1.2 * spent)
-    (change,) = steering.pace(spend_targets(tenants), store.usage)
+    (change,) = steering.pace(spend_targets(tenants))
     assert change.by == "cost" and change.reason.startswith("cost pacer")
     assert (change.old, change.new) == (0.0, 3.0)  # as far as a move may go (max_step): level 3 sends 20% away
     # the rest of the day (12 h) at the last ten minutes' rate (40 calls, all now): 2,880 calls to come
     assert change.estimate["allowance"] == pytest.approx(0.2 * spent / 2880)
-    assert steering.pace(spend_targets(tenants), store.usage) == []  # paced a moment ago: not again
+    assert steering.pace(spend_targets(tenants)) == []  # paced a moment ago: not again
     served = asyncio.run(_calls([app], key, prompts, 40))
     assert sum(m != REFERENCE for m in served) >= 4  # served below the reference, where quality would keep it
     described = steering.describe("acme")
@@ -237,7 +237,7 @@ def test_a_spend_target_paces_a_tenant_below_its_quality_level(trained, static_e
     assert resumed.point("acme").floor == change.new  # a restart keeps the floor
     tenants.update_tenant("acme", spend_target_usd_day=None)
     clock.advance(minutes=2)
-    (back,) = steering.pace(spend_targets(tenants), store.usage)
+    (back,) = steering.pace(spend_targets(tenants))
     assert (back.old, back.new, back.reason) == (change.new, 0.0, "cost pacer: no spend target")
     store.close()
     tenants.close()

@@ -175,69 +175,71 @@ class Steering:
             return self._move(tenant, ladder_id, self.book.clock.now().timestamp())
 
     def _move(self, tenant: str, ladder_id: str, at: float):
+        def decide(held: Held) -> Change | None:
+            if held.ladder != ladder_id:
+                return None  # the labels belong to a ladder this tenant no longer has
+            return held.point.update(at)
+        return self._save_move(tenant, decide)
+
+    def _save_move(self, tenant: str, decide: Callable[[Held], Change | None]) -> Change | None:
+        """The change ``decide`` makes to the tenant's stored point, saved from the version read (recomputed from
+        another worker's point when that one saved first); None when it makes none."""
         for _ in range(MOVE_ATTEMPTS):
             held = self._current(tenant)
-            if held is None or held.ladder != ladder_id:
-                return None  # the labels belong to a ladder this tenant no longer has
-            change = held.point.update(at)
+            change = decide(held) if held is not None else None
             if change is None:
                 return None
             if self.book.save(tenant, _state(held), held.version):
                 held.version += 1
-                logger.info("tenant %s: operating point %d -> %d: %s", tenant, change.old, change.new, change.reason)
+                logger.info("tenant %s: %s %s -> %s: %s", tenant, "floor" if change.by == "cost" else "level",
+                            change.old, change.new, change.reason)
                 return change
         logger.warning("tenant %s: operating point not moved: other workers kept moving it", tenant)
         return None
 
-    def pace(self, targets: dict[str, float], usage: Callable[[str, datetime], tuple[int, float]]) -> list[Change]:
+    def pace(self, targets: dict[str, float]) -> list[Change]:
         """Move the floors of the tenants with a spend target (``targets``: USD per UTC day, by tenant) by the cost
-        pacer, and back to 0 for a tenant whose target was removed; ``usage(tenant, since)`` gives the client
-        calls and the USD spent since then (the call log's). The changes made (logged)."""
+        pacer, and back to 0 for a tenant whose target was removed, from the calls and spend ``usage`` reads in
+        the call log. The changes made (logged)."""
+        if self.usage is None:
+            raise ValueError("pacing needs the call log's usage: give Steering usage=CallStore.usage")
         with self._lock:
             tenants = set(targets) | {t for t, held in self.held.items() if held.point.floor > 0}
             return [change for tenant in sorted(tenants)
-                    if (change := self._pace(tenant, targets.get(tenant), usage)) is not None]
+                    if (change := self._pace(tenant, targets.get(tenant))) is not None]
 
-    def _pace(self, tenant: str, target: float | None, usage) -> Change | None:
+    def _pace(self, tenant: str, target: float | None) -> Change | None:
         now = self.book.clock.now()
         day = now.replace(hour=0, minute=0, second=0, microsecond=0)
-        for _ in range(MOVE_ATTEMPTS):
-            held = self._current(tenant)
-            if held is None or held.point.costs is None:
-                return None  # no ladder placed yet (or placed before the pacer was)
-            point = held.point
-            if target is None:
-                change = point.set_floor(0.0, now.timestamp(), "cost pacer: no spend target", {})
-            else:
-                paced = [c.at for c in point.changes if c.by == "cost"]
-                if paced and now.timestamp() - paced[-1] < self.pace_every_s:
-                    return None  # another worker paced it a moment ago
-                calls, spent = usage(tenant, day)
-                if calls < PACE_MIN_CALLS:
-                    return None
-                moved = max([c.at for c in point.changes], default=0.0)
-                since = max(day, datetime.fromtimestamp(moved, now.tzinfo))
-                point.scale = measured_scale(point.costs, point.level, point.floor, *usage(tenant, since),
-                                             PACE_MIN_CALLS, point.scale)
-                found = pace(floor=point.floor, level=point.level, costs=point.costs, scale=point.scale, spent=spent,
-                             target=target, calls=calls, to_come=self._to_come(tenant, calls, now, day, usage),
-                             max_step=self.max_step)
-                change = point.set_floor(found.wanted, now.timestamp(), found.reason(), found.as_dict())
-            if change is None:
-                return None
-            if self.book.save(tenant, _state(held), held.version):
-                held.version += 1
-                logger.info("tenant %s: floor %.1f -> %.1f: %s", tenant, change.old, change.new, change.reason)
-                return change
-        logger.warning("tenant %s: floor not moved: other workers kept moving its point", tenant)
-        return None
 
-    @staticmethod
-    def _to_come(tenant: str, calls: int, now: datetime, day: datetime, usage) -> float:
+        def decide(held: Held) -> Change | None:
+            point = held.point
+            if point.costs is None:
+                return None  # placed before the pacer was
+            if target is None:
+                return point.set_floor(0.0, now.timestamp(), "cost pacer: no spend target", {})
+            paced = [c.at for c in point.changes if c.by == "cost"]
+            if paced and now.timestamp() - paced[-1] < self.pace_every_s:
+                return None  # another worker paced it a moment ago
+            calls, spent = self.usage(tenant, day)
+            if calls < PACE_MIN_CALLS:
+                return None
+            moved = max([c.at for c in point.changes], default=0.0)
+            since = max(day, datetime.fromtimestamp(moved, UTC))
+            point.scale = measured_scale(point.costs, point.level, point.floor, *self.usage(tenant, since),
+                                         PACE_MIN_CALLS, point.scale)
+            found = pace(floor=point.floor, level=point.level, costs=point.costs, scale=point.scale, spent=spent,
+                         target=target, calls=calls, to_come=self._to_come(tenant, calls, now, day),
+                         max_step=self.max_step)
+            return point.set_floor(found.wanted, now.timestamp(), found.reason(), found.as_dict())
+
+        return self._save_move(tenant, decide)
+
+    def _to_come(self, tenant: str, calls: int, now: datetime, day: datetime) -> float:
         """The tenant's calls expected in the rest of the day: at the higher of its rates over the day so far and
         over the last :data:`RECENT` (a tenant whose traffic started an hour ago, or has just grown)."""
         left, gone = (day + DAY - now).total_seconds(), max((now - day).total_seconds(), 1.0)
-        recent = usage(tenant, max(day, now - RECENT))[0] / min(gone, RECENT.total_seconds())
+        recent = self.usage(tenant, max(day, now - RECENT))[0] / min(gone, RECENT.total_seconds())
         return left * max(calls / gone, recent)
 
     def point(self, tenant: str) -> OperatingPoint | None:
@@ -293,13 +295,13 @@ async def keep_fresh(steering: Steering, every_s: float) -> None:
         await asyncio.sleep(every_s)
 
 
-async def keep_paced(steering: Steering, targets: Callable[[], dict[str, float]], usage, every_s: float) -> None:
+async def keep_paced(steering: Steering, targets: Callable[[], dict[str, float]], every_s: float) -> None:
     """Pace the tenants' floors (:meth:`Steering.pace`) every ``every_s`` seconds, the spend targets read anew
     each time (``targets()``: USD per UTC day by tenant); a failed pace is logged and retried at the next."""
     while True:
         await asyncio.sleep(every_s)
         try:
-            await asyncio.to_thread(lambda: steering.pace(targets(), usage))
+            await asyncio.to_thread(lambda: steering.pace(targets()))
         except Exception:
             logger.exception("operating points not paced")
 
