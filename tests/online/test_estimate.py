@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from router_ml.online.estimate import quality_share
+from router_ml.online.estimate import MIN_EXACT, quality_share
 from real_streams import REFERENCE, routerbench_matrix
 
 
@@ -50,6 +50,21 @@ def test_exact_labels_correct_a_biased_judge(pairs):
     assert corrected.upper - corrected.lower > biased.upper - biased.lower  # the correction's own uncertainty
     everything = quality_share(judged, reference, routed, reference)
     assert everything.share == pytest.approx(truth)
+
+
+def test_too_few_exact_labels_correct_nothing(pairs):
+    """Below MIN_EXACT exact labels of an answer the judge's scores stand as they are: a correction estimated from a
+    handful of labels (here one judge error among them) would move the share by far more than it knows."""
+    routed, reference = pairs
+    judged = routed.copy()
+    few = np.flatnonzero(routed == 1)[:MIN_EXACT - 1]
+    judged[few[0]] = 0.0  # the judge got one of the labelled answers wrong
+    exact = np.full(len(routed), np.nan)
+    exact[few] = routed[few]
+    alone = quality_share(judged, reference)
+    assert quality_share(judged, reference, exact).share == pytest.approx(alone.share)
+    exact[np.flatnonzero(routed == 1)[MIN_EXACT - 1]] = 1.0
+    assert quality_share(judged, reference, exact).share > alone.share
 
 
 def test_feedback_on_the_served_answers_alone_corrects_the_judge_too(pairs):

@@ -6,8 +6,9 @@ cannot differ from the reference are judged less often). The share is the weight
 mean(reference)`` (a Hajek ratio). A judge is biased; where some of the judged calls also carry exact labels
 (human review, ``/v1/feedback``), prediction-powered inference (Angelopoulos et al., 2023) corrects each mean by
 the judge's weighted average error on the calls with an exact label of that answer (the served answer's feedback
-often comes without one of the reference's), and the interval widens by the uncertainty of that correction
-(the two corrections' variances are added when they rest on different calls, which ignores their covariance).
+often comes without one of the reference's), once there are :data:`MIN_EXACT` of them, and the interval widens by
+the uncertainty of that correction (the two corrections' variances are added when they rest on different calls,
+which ignores their covariance).
 The interval is the delta method's normal interval of the ratio.
 """
 
@@ -18,6 +19,11 @@ from dataclasses import dataclass
 from statistics import NormalDist
 
 import numpy as np
+
+# Exact labels of an answer from which its judge's error is corrected. The correction and its variance are estimated
+# from those labels alone, and from a handful of weighted ones both are too rough to trust: one flipped label among
+# two can double a share and narrow its interval. Chosen on the validation streams of benchmarks/online_quality.py.
+MIN_EXACT = 10
 
 
 @dataclass(frozen=True)
@@ -64,8 +70,7 @@ def quality_share(routed, reference, exact_routed=None, exact_reference=None, we
     exact_f = np.full(n, np.nan) if exact_reference is None else np.asarray(exact_reference, dtype=float)
     known_r, known_f = ~np.isnan(exact_r), ~np.isnan(exact_f)
     m = int((known_r | known_f).sum())
-    # one exact label cannot say how uncertain a correction is
-    correct_r, correct_f = int(known_r.sum()) >= 2, int(known_f.sum()) >= 2
+    correct_r, correct_f = int(known_r.sum()) >= MIN_EXACT, int(known_f.sum()) >= MIN_EXACT
     error_r, error_f = exact_r - routed, exact_f - reference
     mean_f = _weighted(reference, weights)[0] + (_weighted(error_f[known_f], weights[known_f])[0] if correct_f else 0.0)
     if mean_f <= 0:
